@@ -1,0 +1,1 @@
+"""Prefect flows and the pieces they run: the script runner, SyncJob rows, settings."""

@@ -1,0 +1,55 @@
+"""Flow state hooks that mark the SyncJob row FAILED on failure, crash or cancellation.
+
+Hooks run client side and are not guaranteed (prefect-notes §6): the flow body writes every
+other transition itself, and a reconciler (operator tools) repairs rows whose hook never ran.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from deployments.catalog import get_catalog
+from flows.syncjob import get_store, job_id_for_flow_run
+
+log = logging.getLogger(__name__)
+_EXCEPTION_PREFIX = "Flow run encountered an exception:"
+
+
+def row_script(parameters: dict) -> str | None:
+    """SyncJob.script for a run of either flow, from its parameters."""
+    if script := parameters.get("script"):
+        return str(script)
+    group = parameters.get("group")
+    if not group:
+        return None
+    try:
+        return get_catalog().group(str(group)).row_script
+    except KeyError:
+        return str(group)
+
+
+def failure_message(state) -> str:
+    message = (state.message or "").strip()
+    if state.is_cancelled() or state.name in ("Cancelling", "Cancelled"):
+        return "Annulé : le run Prefect a été annulé." + (f" {message}" if message else "")
+    if state.is_crashed():
+        return f"Le run Prefect a planté (Crashed) : {message or 'raison inconnue'}"
+    if message.startswith(_EXCEPTION_PREFIX):
+        message = message[len(_EXCEPTION_PREFIX) :].strip()
+    return message or f"Run {state.name}"
+
+
+def mark_job_failed(flow, flow_run, state) -> None:
+    parameters = dict(flow_run.parameters or {})
+    job_id = parameters.get("job_id") or job_id_for_flow_run(str(flow_run.id))
+    try:
+        get_store().mark_failed(job_id, failure_message(state), script=row_script(parameters))
+    except Exception:  # a hook must not mask the run's own state
+        log.exception("could not mark SyncJob %s failed", job_id)
+
+
+FAILURE_HOOKS = {
+    "on_failure": [mark_job_failed],
+    "on_crashed": [mark_job_failed],
+    "on_cancellation": [mark_job_failed],
+}

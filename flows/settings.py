@@ -1,0 +1,99 @@
+"""Runtime configuration, read from the environment (and an optional `.env` file).
+
+Every setting has an embedded default so a fresh checkout runs without any configuration.
+Secrets (DATABASE_URL may hold a password) are never logged: use `describe()` for display.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CATALOG = PACKAGE_ROOT / "deployments" / "catalog.yaml"
+# The command that runs a real Poligraph script inside POLIGRAPH_APP_DIR.
+APP_SCRIPT_COMMAND = "npx tsx scripts/{script}.ts"
+# The bundled stand-in used when no Poligraph checkout is configured.
+DEMO_SCRIPT_COMMAND = "{python} -m flows.demo.script {script}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="POLIGRAPH_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "POLIGRAPH_DATABASE_URL"),
+        description="The app's PostgreSQL (Prisma URL accepted). Unset: a local SQLite file.",
+    )
+    home: Path = Field(
+        default=Path.home() / ".poligraph-jobs",
+        description="Local state: the embedded SQLite SyncJob table and the local Prefect home.",
+    )
+    app_dir: Path | None = Field(
+        default=None, description="A Poligraph checkout; its scripts run there with npx tsx."
+    )
+    script_command: str | None = Field(
+        default=None,
+        description="Command template; `{script}` and `{python}` are substituted per argument.",
+    )
+    catalog: Path = Field(default=DEFAULT_CATALOG, description="The catalog file.")
+    kill_grace_seconds: float = Field(
+        default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL on timeout."
+    )
+    retry_delays: Annotated[list[float], NoDecode] = Field(
+        default=[30.0, 120.0],
+        description="Backoff between a step's attempts, seconds (comma separated).",
+    )
+    retry_jitter_factor: float = Field(default=0.2, ge=0)
+    progress_interval_seconds: float = Field(
+        default=1.0, ge=0, description="Least time between two SyncJob progress writes."
+    )
+    tail_lines: int = Field(default=30, ge=1, description="Output lines kept for error messages.")
+    serve_limit: int = Field(
+        default=4, ge=1, description="Runs one serve process executes at once."
+    )
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [float(part) for part in value.split(",") if part.strip()]
+        if isinstance(value, int | float):
+            return [float(value)]
+        return value
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.home / "syncjob.sqlite"
+
+    def script_argv(self, script: str) -> list[str]:
+        """The argv prefix that runs `script` (flags are appended by the caller)."""
+        if self.script_command:
+            template = self.script_command
+        elif self.app_dir:
+            template = APP_SCRIPT_COMMAND
+        else:
+            template = DEMO_SCRIPT_COMMAND
+        # shlex only splits the operator's template; it never reaches a shell.
+        return [part.format(script=script, python=sys.executable) for part in shlex.split(template)]
+
+    def script_cwd(self) -> Path | None:
+        return self.app_dir
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    get_settings.cache_clear()
+    return get_settings()

@@ -1,0 +1,106 @@
+"""The Prefect task that runs one script: one concurrency slot, one process tree, logged lines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import task_run
+
+from deployments.plans import PlannedStep
+from flows.process import run_process
+from flows.progress import parse_progress
+from flows.settings import Settings, get_settings
+from flows.syncjob import get_store
+from flows.tracking import ProgressTracker
+
+MAX_LOG_LINE = 10_000
+STDERR_LINES_IN_ERROR = 15
+
+
+def script_limit_name(script: str) -> str:
+    """The global concurrency limit that keeps one script from running twice at once."""
+    return f"sync-script:{script}"
+
+
+class StepFailed(RuntimeError):
+    """A step's script failed, timed out or must not run. The message is what SyncJob shows."""
+
+
+def retry_delays(settings: Settings, retries: int) -> list[float]:
+    delays = list(settings.retry_delays) or [0.0]
+    return [delays[min(i, len(delays) - 1)] for i in range(retries)]
+
+
+# Durable steps: with persisted results and RUN_ID in the cache key, a retried flow run (same
+# id) gets completed steps back as Cached instead of running their scripts again.
+@task(
+    task_run_name="{step.name}",
+    cache_policy=TASK_SOURCE + INPUTS + RUN_ID,
+    persist_result=True,
+)
+def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -> dict[str, Any]:
+    settings = get_settings()
+    logger = get_run_logger()
+    tracker = ProgressTracker(
+        get_store(settings), job_id, step_index, step_count, settings.progress_interval_seconds
+    )
+    argv = [*settings.script_argv(step.script), *step.flags]
+
+    def on_line(stream: str, line: str) -> None:
+        line = line[:MAX_LOG_LINE]
+        if (report := parse_progress(line)) is not None:
+            tracker.report(report)
+        if stream == "stderr":
+            logger.warning(line)
+        else:
+            logger.info(line)
+
+    # strict: a missing limit is an error, never an unprotected run (prefect-notes §7.1).
+    with concurrency(script_limit_name(step.script), occupy=1, strict=True):
+        logger.info("$ %s (timeout %ss)", " ".join(argv), int(step.timeout_seconds))
+        outcome = run_process(
+            argv,
+            timeout_seconds=step.timeout_seconds,
+            on_line=on_line,
+            cwd=settings.script_cwd(),
+            kill_grace_seconds=settings.kill_grace_seconds,
+            tail_lines=settings.tail_lines,
+        )
+    tracker.flush()
+    attempt = task_run.run_count or 1
+    if not outcome.ok:
+        why = (
+            f"timed out after {int(step.timeout_seconds)}s (process group killed)"
+            if outcome.timed_out
+            else f"exit code {outcome.exit_code}"
+        )
+        lines = (
+            outcome.stderr_tail[-STDERR_LINES_IN_ERROR:] or outcome.tail[-STDERR_LINES_IN_ERROR:]
+        )
+        detail = "\n".join(lines)
+        raise StepFailed(
+            f"step {step.name} ({step.script}) failed on attempt {attempt}/{step.retries + 1}: "
+            f"{why}" + (f"\n{detail}" if detail else "")
+        )
+    logger.info("%s finished in %.1fs", step.script, outcome.duration_seconds)
+    return {
+        "name": step.name,
+        "script": step.script,
+        "status": "succeeded",
+        "exitCode": outcome.exit_code,
+        "durationSeconds": outcome.duration_seconds,
+        "attempts": attempt,
+    }
+
+
+def configured(step: PlannedStep, settings: Settings | None = None):
+    """`run_step` with this step's retries and backoff."""
+    settings = settings or get_settings()
+    return run_step.with_options(
+        retries=step.retries,
+        retry_delay_seconds=retry_delays(settings, step.retries),
+        retry_jitter_factor=settings.retry_jitter_factor if step.retries else None,
+    )

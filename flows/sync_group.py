@@ -1,0 +1,24 @@
+"""Flow `sync-group`: a catalog group's scripts in order (press, votes, ..., sync-daily)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from deployments.catalog import get_catalog
+from deployments.plans import plan_group
+from flows.execution import execute_plan
+from flows.hooks import FAILURE_HOOKS
+
+
+@flow(name="sync-group", persist_result=True, log_prints=True, **FAILURE_HOOKS)
+def sync_group(group: str, job_id: str | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Run a group's steps in order.
+
+    A group stops at the first step that exhausts its retries, except continue-on-failure
+    groups (sync-daily), which go on and fail only when a step marked required failed.
+    Returns `{total, succeeded, failed, failures, skipped}`.
+    """
+    plan = plan_group(get_catalog(), group, limit=limit)
+    return execute_plan(plan, job_id)

@@ -1,0 +1,1 @@
+"""Inngest-compatible event shim (see issue 3)."""

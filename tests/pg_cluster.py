@@ -1,0 +1,211 @@
+"""Throwaway PostgreSQL server for tests, started from the installed binaries.
+
+Usage::
+
+    with temporary_postgres() as url:
+        apply_sql(url, Path("tests/sql/syncjob.sql"))
+        engine = sqlalchemy.create_engine(url)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+DB_NAME = "poligraph"
+SUPERUSER = "postgres"  # role created by initdb; auth is `trust`
+STARTUP_TIMEOUT = 30.0  # seconds
+INSTALL_HINT = "apt-get install postgresql"
+
+
+def _version_key(bindir: str) -> tuple[int, ...]:
+    # /usr/lib/postgresql/9.6/bin -> (9, 6); /usr/lib/postgresql/15/bin -> (15,)
+    version = Path(bindir).parent.name
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def find_pg_bindir() -> Path:
+    """Directory holding initdb/pg_ctl/postgres: `pg_config --bindir`, else newest Debian dir."""
+    candidates: list[str] = []
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        # Debian's libpq-dev pg_config reports a bindir even without the server installed,
+        # so the candidate is only accepted if initdb is actually there.
+        try:
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            candidates.append(out)
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
+    for bindir in candidates:
+        if os.access(os.path.join(bindir, "initdb"), os.X_OK):
+            return Path(bindir)
+    raise RuntimeError(
+        "PostgreSQL server binaries (initdb) not found via `pg_config --bindir` or "
+        f"/usr/lib/postgresql/*/bin. Install them with: {INSTALL_HINT}"
+    )
+
+
+def _free_port() -> int:
+    # Bind port 0 and let the kernel choose; tiny race until postgres binds it.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_as_kwargs(workdir: Path) -> dict[str, Any]:
+    """Popen kwargs so server binaries run unprivileged (initdb/postgres refuse to run as root)."""
+    kwargs: dict[str, Any] = {"cwd": str(workdir), "stdin": subprocess.DEVNULL}
+    if os.geteuid() == 0:
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError as exc:
+            raise RuntimeError(
+                "Running as root, but there is no `postgres` system user to run the server as. "
+                f"Install PostgreSQL properly ({INSTALL_HINT}) or run the tests as a normal user."
+            ) from exc
+        kwargs.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+        kwargs["env"] = {**os.environ, "HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
+    return kwargs
+
+
+def _run(cmd: list[str], run_as: dict[str, Any], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **run_as)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}"
+        )
+
+
+def _log_tail(log_path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "<no server log>"
+
+
+def _wait_ready(server: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    """Poll until a connection succeeds; fail fast if the server process exits."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(
+                f"postgres exited with code {server.returncode} during startup.\n"
+                f"--- server log tail ---\n{_log_tail(log_path)}"
+            )
+        try:
+            with psycopg.connect(
+                host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", connect_timeout=2
+            ):
+                return
+        except psycopg.OperationalError as exc:
+            last_error = exc
+            time.sleep(0.05)  # poll interval, not a fixed wait
+    raise RuntimeError(
+        f"postgres did not accept connections on 127.0.0.1:{port} within {STARTUP_TIMEOUT:.0f}s "
+        f"(last error: {last_error}).\n--- server log tail ---\n{_log_tail(log_path)}"
+    )
+
+
+@contextmanager
+def temporary_postgres() -> Iterator[str]:
+    """Start a throwaway server; yield `postgresql+psycopg://postgres@127.0.0.1:PORT/poligraph`."""
+    bindir = find_pg_bindir()
+    tmp = Path(tempfile.mkdtemp(prefix="pgtest-"))
+    server: subprocess.Popen[bytes] | None = None
+    run_as: dict[str, Any] = {}
+    data_dir = tmp / "data"
+    try:
+        run_as = _run_as_kwargs(tmp)
+        sock_dir = tmp / "sock"
+        sock_dir.mkdir()
+        if "user" in run_as:  # root: hand the whole temp dir to the postgres user
+            for path in (tmp, sock_dir):
+                os.chown(path, run_as["user"], run_as["group"])
+
+        _run(
+            [
+                str(bindir / "initdb"),
+                "-D", str(data_dir),
+                "-A", "trust",
+                "-U", SUPERUSER,
+                "-E", "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+            run_as,
+            "initdb",
+        )  # fmt: skip
+
+        port = _free_port()
+        log_path = tmp / "server.log"
+        with open(log_path, "wb") as log:  # child keeps its own copy of the fd
+            server = subprocess.Popen(
+                [
+                    str(bindir / "postgres"),
+                    "-D", str(data_dir),
+                    "-c", "listen_addresses=127.0.0.1",
+                    "-c", f"port={port}",
+                    "-c", f"unix_socket_directories={sock_dir}",
+                    "-c", "fsync=off",
+                    "-c", "synchronous_commit=off",
+                    "-c", "full_page_writes=off",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **run_as,
+            )  # fmt: skip
+        _wait_ready(server, port, log_path)
+
+        with psycopg.connect(
+            host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{DB_NAME}"'.encode())
+
+        yield f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/{DB_NAME}"
+    finally:
+        if server is not None:
+            _stop(bindir, data_dir, server, run_as)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stop(
+    bindir: Path, data_dir: Path, server: subprocess.Popen[bytes], run_as: dict[str, Any]
+) -> None:
+    if server.poll() is None:
+        subprocess.run(
+            [str(bindir / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "immediate", "-w"],
+            capture_output=True,
+            check=False,
+            **run_as,
+        )
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pg_ctl failed; don't leave a server behind
+        server.kill()
+        server.wait()
+
+
+def apply_sql(url: str, path: Path) -> None:
+    """Execute a .sql file (may hold several statements) against a SQLAlchemy-style URL."""
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        # bytes + no params => simple query protocol, so multi-statement files work
+        conn.execute(Path(path).read_bytes())
