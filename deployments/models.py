@@ -107,9 +107,7 @@ class Catalog(Model):
         for script in self.scripts:
             if script.admin and script.event not in events:
                 raise ValueError(f"admin script {script.id} has no handler for {script.event}")
-        _no_duplicates(
-            "deployment", [s.id for s in self.standalone_scripts] + [g.name for g in self.groups]
-        )
+        _no_duplicates("deployment", [s.id for s in self.standalone_scripts] + [g.name for g in self.groups])
         return self
 
     # --- lookups -------------------------------------------------------------------------

@@ -39,9 +39,7 @@ def plan_script(
     chosen = list(script.default_flags) if flags is None else list(flags)
     checked = validate_flags(script.id, chosen, catalog.allowed_flags(script.id))
     if limit is not None:
-        checked = validate_flags(
-            script.id, with_limit(checked, limit), catalog.allowed_flags(script.id)
-        )
+        checked = validate_flags(script.id, with_limit(checked, limit), catalog.allowed_flags(script.id))
     step = PlannedStep(
         name=script.id,
         script=script.id,

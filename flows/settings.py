@@ -57,9 +57,7 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Least time between two SyncJob progress writes."
     )
     tail_lines: int = Field(default=30, ge=1, description="Output lines kept for error messages.")
-    serve_limit: int = Field(
-        default=4, ge=1, description="Runs one serve process executes at once."
-    )
+    serve_limit: int = Field(default=4, ge=1, description="Runs one serve process executes at once.")
 
     @field_validator("retry_delays", mode="before")
     @classmethod

@@ -77,9 +77,7 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
             if outcome.timed_out
             else f"exit code {outcome.exit_code}"
         )
-        lines = (
-            outcome.stderr_tail[-STDERR_LINES_IN_ERROR:] or outcome.tail[-STDERR_LINES_IN_ERROR:]
-        )
+        lines = outcome.stderr_tail[-STDERR_LINES_IN_ERROR:] or outcome.tail[-STDERR_LINES_IN_ERROR:]
         detail = "\n".join(lines)
         raise StepFailed(
             f"step {step.name} ({step.script}) failed on attempt {attempt}/{step.retries + 1}: "

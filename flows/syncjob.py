@@ -42,9 +42,7 @@ sync_job = sa.Table(
     sa.Column("script", sa.Text, nullable=False),
     sa.Column(
         "status",
-        sa.Enum(
-            SyncJobStatus, name="SyncJobStatus", values_callable=lambda e: [m.value for m in e]
-        ),
+        sa.Enum(SyncJobStatus, name="SyncJobStatus", values_callable=lambda e: [m.value for m in e]),
         nullable=False,
         server_default="PENDING",
     ),
@@ -198,16 +196,12 @@ class SyncJobStore:
                 conn.execute(sa.update(sync_job).where(sync_job.c.id == job_id).values(**values))
             else:
                 conn.execute(
-                    self._upsert(
-                        {"id": job_id, "script": script, "createdAt": now, **values}, values
-                    )
+                    self._upsert({"id": job_id, "script": script, "createdAt": now, **values}, values)
                 )
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = (
-                conn.execute(sa.select(sync_job).where(sync_job.c.id == job_id)).mappings().first()
-            )
+            row = conn.execute(sa.select(sync_job).where(sync_job.c.id == job_id)).mappings().first()
         return dict(row) if row else None
 
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -186,9 +186,7 @@ def temporary_postgres() -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _stop(
-    bindir: Path, data_dir: Path, server: subprocess.Popen[bytes], run_as: dict[str, Any]
-) -> None:
+def _stop(bindir: Path, data_dir: Path, server: subprocess.Popen[bytes], run_as: dict[str, Any]) -> None:
     if server.poll() is None:
         subprocess.run(
             [str(bindir / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "immediate", "-w"],

@@ -8,8 +8,7 @@ from sqlalchemy import create_engine, text
 SYNCJOB_SQL = Path(__file__).parent / "sql" / "syncjob.sql"
 INSERT = text('INSERT INTO "SyncJob" ("id", "script", "status") VALUES (:id, :script, :status)')
 SELECT = text(
-    'SELECT "script", "status"::text AS "status", "progress", "createdAt" '
-    'FROM "SyncJob" WHERE "id" = :id'
+    'SELECT "script", "status"::text AS "status", "progress", "createdAt" FROM "SyncJob" WHERE "id" = :id'
 )
 
 

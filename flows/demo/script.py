@@ -52,9 +52,7 @@ def main(argv: list[str]) -> int:
         print(f"PROGRESS {total * tick // ticks}/{total}", flush=True)
         if tick == ticks // 2 and (script_id in failing or "*" in failing):
             print("Fatal error:", file=sys.stderr)
-            print(
-                f"  demo failure requested for {script_id} (POLIGRAPH_DEMO_FAIL)", file=sys.stderr
-            )
+            print(f"  demo failure requested for {script_id} (POLIGRAPH_DEMO_FAIL)", file=sys.stderr)
             return 1
 
     print("Sync Results:")

@@ -1,0 +1,67 @@
+"""Generate `prefect.yaml` from the catalog, for `prefect deploy --all` to a process work pool.
+
+python -m deployments.prefect_yaml            # rewrite prefect.yaml
+python -m deployments.prefect_yaml --check    # exit 1 when the committed file is stale
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from deployments.models import Catalog, load_catalog
+from deployments.specs import deployment_specs
+from flows.settings import DEFAULT_CATALOG, PACKAGE_ROOT
+
+PREFECT_YAML = PACKAGE_ROOT / "prefect.yaml"
+WORK_POOL = "poligraph"
+HEADER = """\
+# GENERATED from deployments/catalog.yaml by `python -m deployments.prefect_yaml`. Do not edit:
+# change the catalog and regenerate (a test fails when this file is stale).
+# Deploy: prefect work-pool create poligraph --type process
+#         prefect --no-prompt deploy --all
+#         python -m deployments.concurrency    # the per-script concurrency limits
+"""
+
+
+def render(catalog: Catalog) -> str:
+    deployments: list[dict[str, Any]] = []
+    for spec in deployment_specs(catalog):
+        entry: dict[str, Any] = {
+            "name": spec.name,
+            "description": spec.description,
+            "entrypoint": spec.entrypoint,
+            "parameters": spec.parameters,
+            "enforce_parameter_schema": True,
+            "tags": [*spec.tags, *(f"event:{e}" for e in spec.events)],
+            "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
+            "work_pool": {"name": WORK_POOL},
+        }
+        if spec.schedules:
+            entry["schedules"] = [
+                {"cron": s.cron, "timezone": s.timezone, "slug": s.slug, "active": True}
+                for s in spec.schedules
+            ]
+        deployments.append(entry)
+    document = {"name": "poligraph-jobs", "prefect-version": "3.9.1", "deployments": deployments}
+    body = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    return HEADER + body
+
+
+def main(argv: list[str]) -> int:
+    text = render(load_catalog(DEFAULT_CATALOG))  # the committed catalog, whatever the env says
+    if "--check" in argv:
+        if not PREFECT_YAML.exists() or PREFECT_YAML.read_text(encoding="utf-8") != text:
+            print("prefect.yaml is stale: run python -m deployments.prefect_yaml", file=sys.stderr)
+            return 1
+        print("prefect.yaml is up to date")
+        return 0
+    PREFECT_YAML.write_text(text, encoding="utf-8")
+    print(f"wrote {PREFECT_YAML}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
