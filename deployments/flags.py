@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-FLAG_RE = re.compile(r"^--(?P<name>[a-z][a-z0-9-]*)(?:=(?P<value>.*))?$", re.DOTALL)
-TEXT_VALUE_RE = re.compile(r"^[A-Za-z0-9_.:,-]{1,64}$")
+FLAG_RE = re.compile(r"--(?P<name>[a-z][a-z0-9-]*)(?:=(?P<value>.*))?", re.DOTALL)
+TEXT_VALUE_RE = re.compile(r"[A-Za-z0-9_.:,-]{1,64}")  # used with fullmatch
 MAX_INT = 1_000_000
 
 
@@ -30,7 +30,7 @@ class FlagSpec(BaseModel):
 
 
 def parse_flag(item: str) -> tuple[str, str | None]:
-    match = FLAG_RE.match(item)
+    match = FLAG_RE.fullmatch(item)
     if not match:
         raise FlagError(f"{item!r} is not a flag: expected --name or --name=value")
     return match["name"], match["value"]
@@ -52,7 +52,7 @@ def check_value(name: str, spec: FlagSpec, value: str | None) -> str:
         if value not in spec.choices:
             raise FlagError(f"--{name} must be one of {', '.join(spec.choices)} (got {value!r})")
         return f"--{name}={value}"
-    if not TEXT_VALUE_RE.match(value):
+    if not TEXT_VALUE_RE.fullmatch(value):
         raise FlagError(f"--{name} value must be 1-64 characters of A-Z a-z 0-9 _ . : , -")
     return f"--{name}={value}"
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+DRAIN_SECONDS = 1.0
 LineHandler = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line without \n)
 
 
@@ -70,13 +71,20 @@ def run_process(
     open_streams = len(readers)
     try:
         deadline = started + timeout_seconds
+        drain_until: float | None = None  # set once the leader has exited
         while open_streams:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if drain_until is None and proc.poll() is not None:
+                # A leftover background child may hold the pipes open for ever: read what the
+                # leader wrote for a short moment, then stop listening (the group is killed).
+                drain_until = now + DRAIN_SECONDS
+            if drain_until is not None and now >= drain_until:
+                break
+            if now >= deadline:
                 timed_out = True
                 break
             try:
-                item = lines.get(timeout=min(remaining, 0.5))
+                item = lines.get(timeout=min(deadline - now, 0.2))
             except queue.Empty:
                 continue
             if item is None:

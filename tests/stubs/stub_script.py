@@ -1,0 +1,81 @@
+"""A scriptable stand-in for a Poligraph script, for tests.
+
+    python tests/stubs/stub_script.py <script-id> [flags...]
+
+Reads its behaviour from $STUB_DIR/<script-id>.json (all keys optional):
+    {"sleep": 0.2, "fail_times": 0, "exit_code": 1, "progress": [[1, 4], [4, 4]],
+     "grandchild": false, "ignore_term": false, "stderr": "boom"}
+and appends one JSON line per invocation to $STUB_DIR/calls.jsonl:
+    {"script", "flags", "pid", "start", "end", "exit"}  (an "end" line is written on exit;
+     a run killed on timeout has only its start line).
+Grandchild pids go to $STUB_DIR/<script-id>.pids, one per line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def record(stub_dir: Path, entry: dict) -> None:
+    with (stub_dir / "calls.jsonl").open("a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+        handle.flush()
+
+
+def previous_starts(stub_dir: Path, script: str) -> int:
+    calls = stub_dir / "calls.jsonl"
+    if not calls.exists():
+        return 0
+    lines = [json.loads(line) for line in calls.read_text().splitlines() if line.strip()]
+    return sum(1 for c in lines if c["script"] == script and c["event"] == "start")
+
+
+def main() -> int:
+    script, flags = sys.argv[1], sys.argv[2:]
+    stub_dir = Path(os.environ["STUB_DIR"])
+    spec_file = stub_dir / f"{script}.json"
+    spec = json.loads(spec_file.read_text()) if spec_file.exists() else {}
+    attempt = previous_starts(stub_dir, script) + 1
+    record(
+        stub_dir,
+        {
+            "event": "start",
+            "script": script,
+            "flags": flags,
+            "pid": os.getpid(),
+            "time": time.time(),
+            "attempt": attempt,
+        },
+    )
+    if spec.get("ignore_term"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if spec.get("grandchild"):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with (stub_dir / f"{script}.pids").open("a") as handle:
+            handle.write(f"{child.pid}\n")
+    print(f"{script} starting with {' '.join(flags) or 'no flags'}", flush=True)
+    progress = spec.get("progress", [])
+    steps = max(len(progress), 1)
+    for item in progress or [None]:
+        time.sleep(float(spec.get("sleep", 0.1)) / steps)
+        if item:
+            print(f"PROGRESS {item[0]}/{item[1]}", flush=True)
+    failing = attempt <= int(spec.get("fail_times", 0))
+    code = int(spec.get("exit_code", 1)) if failing else 0
+    if failing:
+        print(spec.get("stderr", f"{script} failed on purpose"), file=sys.stderr, flush=True)
+    print(f"{script} done", flush=True)
+    record(
+        stub_dir, {"event": "end", "script": script, "pid": os.getpid(), "time": time.time(), "exit": code}
+    )
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

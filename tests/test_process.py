@@ -1,0 +1,249 @@
+"""`run_process` with real subprocesses: streaming, exit codes, and killing the whole tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from flows.process import run_process
+
+PY = sys.executable
+
+
+def script(code: str) -> list[str]:
+    return [PY, "-c", textwrap.dedent(code)]
+
+
+def pid_dead(pid: int) -> bool:
+    """Gone from /proc, or a zombie (dead, only waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2 :].split()[0] in ("Z", "X")
+
+
+def read_pids(path: Path) -> list[int]:
+    assert path.exists(), "the child never recorded its pids (timeout too short?)"
+    return [int(p) for p in path.read_text().split()]
+
+
+def collect() -> tuple[list[tuple[str, str]], object]:
+    seen: list[tuple[str, str]] = []
+    return seen, lambda stream, line: seen.append((stream, line))
+
+
+# A child that starts a grandchild, which starts a great-grandchild, records the three pids in
+# argv[1] (atomically), prints "ready" and sleeps. With IGNORE_TERM every one ignores SIGTERM.
+TREE = """
+import os, signal, subprocess, sys, time
+
+IGNORE_TERM = {ignore}
+if IGNORE_TERM:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pidfile = sys.argv[1]
+sleeper = "import signal, time\\nif {ignore}: signal.signal(signal.SIGTERM, signal.SIG_IGN)\\ntime.sleep(600)"
+middle = (
+    "import os, signal, subprocess, sys, time\\n"
+    "if {ignore}: signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+    "p = subprocess.Popen([sys.executable, '-c', sys.argv[2]])\\n"
+    "open(sys.argv[1] + '.tmp', 'w').write(str(p.pid))\\n"
+    "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\\n"
+    "time.sleep(600)\\n"
+)
+grandchild = subprocess.Popen([sys.executable, "-c", middle, pidfile + ".ggc", sleeper])
+deadline = time.monotonic() + 20
+while not os.path.exists(pidfile + ".ggc") and time.monotonic() < deadline:
+    time.sleep(0.02)
+great = open(pidfile + ".ggc").read()
+with open(pidfile + ".tmp", "w") as handle:
+    handle.write(f"{{os.getpid()}} {{grandchild.pid}} {{great}}")
+os.replace(pidfile + ".tmp", pidfile)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_streams_lines_while_running(tmp_path: Path) -> None:
+    first_seen = tmp_path / "first-seen"
+    second_seen = tmp_path / "second-seen"
+    argv = script(
+        """
+        import os, sys, time
+
+        def wait_for(path):
+            deadline = time.monotonic() + 5
+            while not os.path.exists(path):
+                if time.monotonic() > deadline:
+                    print(f"never saw {path}", file=sys.stderr, flush=True)
+                    sys.exit(3)
+                time.sleep(0.02)
+
+        print("first", flush=True)
+        wait_for(sys.argv[1])
+        print("second", file=sys.stderr, flush=True)
+        wait_for(sys.argv[2])
+        print("third", flush=True)
+        """
+    ) + [str(first_seen), str(second_seen)]
+    seen: list[tuple[str, str]] = []
+
+    def on_line(stream: str, line: str) -> None:
+        seen.append((stream, line))
+        # the child blocks until these exist: they can only appear if the line came while it ran
+        if (stream, line) == ("stdout", "first"):
+            first_seen.touch()
+        if (stream, line) == ("stderr", "second"):
+            second_seen.touch()
+
+    outcome = run_process(argv, timeout_seconds=9, on_line=on_line, kill_grace_seconds=1)
+    assert seen == [("stdout", "first"), ("stderr", "second"), ("stdout", "third")]
+    assert outcome.exit_code == 0
+    assert outcome.timed_out is False
+    assert outcome.ok is True
+    assert outcome.tail == ["first", "second", "third"]
+    assert outcome.stderr_tail == ["second"]
+    assert outcome.argv == argv
+
+
+def test_nonzero_exit_and_bounded_tail() -> None:
+    argv = script(
+        """
+        import sys
+        for i in range(3):
+            print(f"out {i}", flush=True)
+        for i in range(20):
+            print(f"err {i}", file=sys.stderr, flush=True)
+        sys.exit(3)
+        """
+    )
+    seen, on_line = collect()
+    outcome = run_process(argv, timeout_seconds=9, on_line=on_line, kill_grace_seconds=1, tail_lines=5)
+    assert outcome.exit_code == 3
+    assert outcome.ok is False
+    assert outcome.timed_out is False
+    assert outcome.stderr_tail == [f"err {i}" for i in range(15, 20)]
+    assert len(outcome.tail) == 5
+    assert outcome.tail[-1] == "err 19"
+    assert len(seen) == 23  # on_line gets everything, the tails are only bounded copies
+
+
+def test_killed_by_signal_is_not_ok() -> None:
+    argv = script("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    _, on_line = collect()
+    outcome = run_process(argv, timeout_seconds=9, on_line=on_line, kill_grace_seconds=1)
+    assert outcome.exit_code == -9
+    assert outcome.ok is False
+    assert outcome.timed_out is False
+
+
+def test_timeout_kills_whole_tree(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    seen, on_line = collect()
+    outcome = run_process(
+        script(TREE.format(ignore=False)) + [str(pidfile)],
+        timeout_seconds=3,
+        on_line=on_line,
+        kill_grace_seconds=1,
+    )
+    assert ("stdout", "ready") in seen
+    assert outcome.timed_out is True
+    assert outcome.exit_code is None
+    assert outcome.ok is False
+    assert outcome.duration_seconds < 3 + 1 + 3
+    pids = read_pids(pidfile)
+    assert len(pids) == 3
+    assert [pid for pid in pids if not pid_dead(pid)] == []
+
+
+def test_sigterm_ignored_still_killed_after_grace(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pids"
+    seen, on_line = collect()
+    started = time.monotonic()
+    outcome = run_process(
+        script(TREE.format(ignore=True)) + [str(pidfile)],
+        timeout_seconds=3,
+        on_line=on_line,
+        kill_grace_seconds=1,
+    )
+    elapsed = time.monotonic() - started
+    assert ("stdout", "ready") in seen
+    assert outcome.timed_out is True
+    assert outcome.ok is False
+    # SIGTERM did nothing: the grace ran out before SIGKILL
+    assert elapsed >= 3 + 1 - 0.1
+    assert elapsed < 3 + 1 + 4
+    pids = read_pids(pidfile)
+    assert len(pids) == 3
+    assert [pid for pid in pids if not pid_dead(pid)] == []
+
+
+def test_background_grandchild_killed_after_success() -> None:
+    argv = script(
+        """
+        import subprocess, sys
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        print(child.pid, flush=True)
+        """
+    )
+    seen, on_line = collect()
+    outcome = run_process(argv, timeout_seconds=9, on_line=on_line, kill_grace_seconds=1)
+    assert outcome.ok is True
+    assert outcome.exit_code == 0
+    assert outcome.duration_seconds < 5
+    assert len(seen) == 1
+    grandchild = int(seen[0][1])
+    assert pid_dead(grandchild), f"grandchild {grandchild} survived a successful run"
+
+
+def test_argv_items_are_literal(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    items = [
+        f"; touch {marker}",
+        f"$(touch {marker})",
+        f"`touch {marker}`",
+        f"&& touch {marker}",
+        "two words",
+        "*",
+        "$HOME",
+    ]
+    argv = script("import json, os, sys; print(json.dumps([os.getcwd(), *sys.argv[1:]]))") + items
+    seen, on_line = collect()
+    outcome = run_process(argv, timeout_seconds=9, on_line=on_line, cwd=tmp_path, kill_grace_seconds=1)
+    assert outcome.ok is True
+    assert len(seen) == 1
+    cwd, *received = json.loads(seen[0][1])
+    assert received == items
+    assert os.path.samefile(cwd, tmp_path)
+    assert not marker.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_env_is_passed(tmp_path: Path) -> None:
+    argv = script("import os; print(os.environ.get('POLIGRAPH_TEST_VALUE'))")
+    seen, on_line = collect()
+    env = {**os.environ, "POLIGRAPH_TEST_VALUE": "a; b"}
+    outcome = run_process(argv, timeout_seconds=9, on_line=on_line, env=env, kill_grace_seconds=1)
+    assert outcome.ok is True
+    assert seen == [("stdout", "a; b")]
+
+
+def test_grandchild_holding_stdout_does_not_turn_success_into_timeout() -> None:
+    argv = script(
+        """
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # inherits stdout
+        print("done", flush=True)
+        """
+    )
+    _, on_line = collect()
+    outcome = run_process(argv, timeout_seconds=3, on_line=on_line, kill_grace_seconds=1)
+    assert outcome.timed_out is False
+    assert outcome.exit_code == 0
