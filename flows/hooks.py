@@ -7,12 +7,14 @@ other transition itself, and a reconciler (operator tools) repairs rows whose ho
 from __future__ import annotations
 
 import logging
+import re
 
 from deployments.catalog import get_catalog
 from flows.syncjob import get_store, job_id_for_flow_run
 
 log = logging.getLogger(__name__)
 _EXCEPTION_PREFIX = "Flow run encountered an exception:"
+_EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*: ")
 
 
 def row_script(parameters: dict) -> str | None:
@@ -35,7 +37,8 @@ def failure_message(state) -> str:
     if state.is_crashed():
         return f"Le run Prefect a planté (Crashed) : {message or 'raison inconnue'}"
     if message.startswith(_EXCEPTION_PREFIX):
-        message = message[len(_EXCEPTION_PREFIX) :].strip()
+        # "Flow run encountered an exception: StepFailed: step x ..." -> "step x ..."
+        message = _EXCEPTION_NAME.sub("", message[len(_EXCEPTION_PREFIX) :].strip(), count=1)
     return message or f"Run {state.name}"
 
 

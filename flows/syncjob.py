@@ -110,9 +110,12 @@ def job_id_for_flow_run(flow_run_id: str) -> str:
 
 
 def truncate_error(message: str) -> str:
+    """At most ERROR_MAX_CHARS: the first line (which step, why) and the end (last stderr)."""
     if len(message) <= ERROR_MAX_CHARS:
         return message
-    return message[: ERROR_MAX_CHARS - 1] + "…"
+    head = message.split("\n", 1)[0][:500]
+    marker = "\n[…]\n"
+    return head + marker + message[-(ERROR_MAX_CHARS - len(head) - len(marker)) :]
 
 
 class SyncJobStore:

@@ -129,3 +129,12 @@ def test_embedded_sqlite_default_has_the_same_table(tmp_path):
     assert (tmp_path / "syncjob.sqlite").exists()
     columns = {c["name"] for c in sa.inspect(store.engine).get_columns("SyncJob")}
     assert {"startedAt", "completedAt", "createdAt", "processed", "total"} <= columns
+
+
+def test_truncation_keeps_the_first_line_and_the_last_lines():
+    from flows.syncjob import truncate_error
+
+    message = "step x (y) failed: exit code 1\n" + "\n".join(f"line {i}" for i in range(1000))
+    cut = truncate_error(message)
+    assert len(cut) == ERROR_MAX_CHARS
+    assert cut.startswith("step x (y) failed: exit code 1\n[…]\n") and cut.endswith("line 999")

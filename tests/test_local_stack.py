@@ -1,0 +1,113 @@
+"""The one-command local stack, on embedded defaults, driven the way an operator drives it.
+
+`python -m deployments.local_stack` with the real catalog and the bundled demo scripts, a fresh
+PREFECT_HOME and no DATABASE_URL (so the SyncJob table is the embedded SQLite file); then
+`prefect deployment run sync-group/press` from the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import REPO, STATE, _free_port, wait_for
+
+from deployments.models import load_catalog
+from deployments.specs import deployment_specs
+from flows.settings import DEFAULT_CATALOG, Settings
+from flows.syncjob import SyncJobStore, engine_for, job_id_for_flow_run
+
+
+@pytest.fixture(scope="module")
+def stack():
+    port = _free_port()
+    home = STATE / "stack-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POLIGRAPH_", "PREFECT_"))}
+    env.pop("DATABASE_URL", None)
+    env.update(
+        POLIGRAPH_HOME=str(home),
+        POLIGRAPH_PREFECT_PORT=str(port),
+        POLIGRAPH_DEMO_SECONDS="0.5",
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.5",
+    )
+    log = (STATE / "local-stack.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deployments.local_stack"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    specs = deployment_specs(load_catalog(DEFAULT_CATALOG))
+
+    def all_deployments_listed() -> bool:
+        assert proc.poll() is None, (STATE / "local-stack.log").read_text()[-3000:]
+        try:
+            listed = httpx.post(f"{api}/deployments/filter", json={"limit": 200}, timeout=5)
+        except httpx.HTTPError:
+            return False
+        return listed.status_code == 200 and len(listed.json()) >= len(specs)
+
+    try:
+        wait_for(all_deployments_listed, timeout=120, interval=0.5, what="the stack's deployments")
+        yield {"api": api, "env": {**env, "PREFECT_API_URL": api}, "home": home, "proc": proc}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=40) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+
+
+def test_every_deployment_is_listed_with_the_daily_schedule(stack):
+    deployments = httpx.post(f"{stack['api']}/deployments/filter", json={"limit": 200}).json()
+    flows = {f["id"]: f["name"] for f in httpx.post(f"{stack['api']}/flows/filter", json={}).json()}
+    names = {f"{flows[d['flow_id']]}/{d['name']}" for d in deployments}
+    expected = {spec.full_name for spec in deployment_specs(load_catalog(DEFAULT_CATALOG))}
+    assert expected <= names
+    daily = next(d for d in deployments if d["name"] == "sync-daily")
+    (schedule,) = daily["schedules"]
+    assert schedule["schedule"]["cron"] == "0 5,11,19 * * *"
+    assert schedule["schedule"]["timezone"] == "UTC" and schedule["active"] is True
+    assert daily["concurrency_limit"] == 1 or daily["global_concurrency_limit"]["limit"] == 1
+
+
+def test_prefect_deployment_run_of_press_completes_with_logs_and_a_row(stack):
+    cli = subprocess.run(
+        [sys.executable, "-m", "prefect", "deployment", "run", "sync-group/press"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "Created flow run" in cli.stdout
+    runs = httpx.post(f"{stack['api']}/flow_runs/filter", json={"limit": 10}).json()
+    run = next(r for r in runs if r["parameters"].get("group") == "press")
+
+    def final_state():
+        state = httpx.get(f"{stack['api']}/flow_runs/{run['id']}").json()["state"]
+        return state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and state
+
+    assert wait_for(final_state, timeout=90, what="the press run")["type"] == "COMPLETED"
+
+    def logged():
+        body = {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200}
+        messages = [e["message"] for e in httpx.post(f"{stack['api']}/logs/filter", json=body).json()]
+        wanted = ("sync-press (demo)", "sync-press-analysis (demo)", "Limit: 100")
+        return all(w in messages for w in wanted) and messages
+
+    wait_for(logged, timeout=30, what="both scripts' output in the run log")
+    store = SyncJobStore(engine_for(Settings(database_url=None, home=stack["home"])))
+    row = store.get(job_id_for_flow_run(run["id"]))
+    assert row["status"] == "COMPLETED" and row["script"] == "press" and row["progress"] == 100
+    assert [s["script"] for s in row["result"]["steps"]] == ["sync-press", "sync-press-analysis"]

@@ -1,0 +1,122 @@
+"""Deployments served by `python -m deployments.serve`: runs in their own processes, as in production.
+
+Covers what only shows with real parallel runs: no overlap of one script across two flows,
+one run at a time per deployment (ENQUEUE), cancellation, and a retry from the API ("Retry" in
+the UI) that skips completed steps.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from conftest import (
+    deployment_ready,
+    flow_run_state,
+    insert_pending,
+    process_alive,
+    run_async,
+    start_serve,
+    stop_serve,
+    wait_for,
+)
+from prefect.client.orchestration import get_client
+from prefect.states import Cancelling, Scheduled
+
+from deployments.catalog import get_catalog
+from deployments.specs import deployment_specs
+from flows.syncjob import job_id_for_flow_run
+
+
+@pytest.fixture(scope="module")
+def served(prefect_api, pg_url):
+    proc = start_serve({}, "serve-test-catalog.log")
+    try:
+        for spec in deployment_specs(get_catalog()):
+            wait_for(deployment_ready(spec.full_name), timeout=60, what=spec.full_name)
+        yield proc
+    finally:
+        stop_serve(proc)
+
+
+def create_run(full_name: str, **parameters) -> uuid.UUID:
+    async def create():
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(full_name)
+            run = await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+            return run.id
+
+    return run_async(create())
+
+
+def wait_final(flow_run_id: uuid.UUID, timeout: float = 90):
+    return wait_for(
+        lambda: (state := flow_run_state(flow_run_id)) and state.is_final() and state,
+        timeout=timeout,
+        what=f"flow run {flow_run_id} to finish",
+    )
+
+
+def overlapping(intervals: list[tuple[float, float]]) -> list[tuple]:
+    ordered = sorted(intervals)
+    return [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if b[0] < a[1]]
+
+
+def test_one_script_never_runs_twice_at_once_across_flows(served, store, stubs):
+    stubs.configure("shared", sleep=2)
+    runs = [create_run("sync-script/shared"), create_run("sync-group/with-shared")]
+    states = [wait_final(run) for run in runs]
+    assert all(state.is_completed() for state in states), states
+    intervals = stubs.intervals("shared")
+    assert len(intervals) == 2
+    assert overlapping(intervals) == []
+
+
+def test_second_trigger_of_a_deployment_waits_instead_of_being_dropped(served, store, stubs):
+    stubs.configure("gamma", sleep=2)
+    runs = [create_run("sync-script/gamma"), create_run("sync-script/gamma")]
+    states = [wait_final(run) for run in runs]
+    assert all(state.is_completed() for state in states), states
+    intervals = stubs.intervals("gamma")
+    assert len(intervals) == 2 and overlapping(intervals) == []
+
+
+def test_cancelling_a_run_kills_its_scripts_and_fails_the_row(served, store, stubs):
+    stubs.configure("long", sleep=120, grandchild=True)
+    insert_pending(store, "ccancelled000000000000001", "long")
+    run = create_run("sync-script/long", job_id="ccancelled000000000000001")
+    wait_for(lambda: stubs.pids("long"), timeout=60, what="the script to start")
+    pids = stubs.pids("long") + [c["pid"] for c in stubs.events("long", "start")]
+
+    async def cancel():
+        async with get_client() as client:
+            await client.set_flow_run_state(run, Cancelling(), force=True)
+
+    run_async(cancel())
+    assert wait_final(run, timeout=60).is_cancelled()
+    wait_for(lambda: not [pid for pid in pids if process_alive(pid)], timeout=30, what="no survivor")
+    row = wait_for(
+        lambda: (r := store.get("ccancelled000000000000001")) and r["status"] == "FAILED" and r,
+        timeout=30,
+        what="the row to be FAILED",
+    )
+    assert row["error"].startswith("Annulé")
+
+
+def test_retry_from_the_api_skips_completed_steps(served, store, stubs):
+    stubs.configure("beta", fail_times=2)  # both attempts of the first run fail
+    run = create_run("sync-group/pair")
+    assert wait_final(run).is_failed()
+    job_id = job_id_for_flow_run(str(run))
+    assert store.get(job_id)["status"] == "FAILED"
+
+    async def retry():  # what the UI's "Retry" does: reschedule the same flow run
+        async with get_client() as client:
+            await client.set_flow_run_state(run, Scheduled(name="AwaitingRetry"), force=True)
+
+    run_async(retry())
+    wait_for(lambda: stubs.starts("beta") == 3, timeout=60, what="beta to run again")
+    assert wait_final(run).is_completed()
+    assert stubs.starts("alpha") == 1, "the completed step ran again"
+    row = wait_for(lambda: (r := store.get(job_id)) and r["status"] == "COMPLETED" and r, timeout=30)
+    assert row["error"] is None and row["result"]["flowRunId"] == str(run)
