@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DRAIN_SECONDS = 1.0
+DRAIN_SECONDS = 2.0
 LineHandler = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line without \n)
 
 
@@ -75,8 +75,8 @@ def run_process(
         while open_streams:
             now = time.monotonic()
             if drain_until is None and proc.poll() is not None:
-                # A leftover background child may hold the pipes open for ever: read what the
-                # leader wrote for a short moment, then stop listening (the group is killed).
+                # A leftover background child may hold the pipes open for ever: read until the
+                # output has been quiet for a moment, then stop listening (the group is killed).
                 drain_until = now + DRAIN_SECONDS
             if drain_until is not None and now >= drain_until:
                 break
@@ -91,6 +91,8 @@ def run_process(
                 open_streams -= 1
                 continue
             stream, line = item
+            if drain_until is not None:  # still draining: wait for silence, not a fixed time
+                drain_until = time.monotonic() + DRAIN_SECONDS
             tail.append(line)
             if stream == "stderr":
                 stderr_tail.append(line)

@@ -128,7 +128,8 @@ def test_nonzero_exit_and_bounded_tail() -> None:
     assert outcome.timed_out is False
     assert outcome.stderr_tail == [f"err {i}" for i in range(15, 20)]
     assert len(outcome.tail) == 5
-    assert outcome.tail[-1] == "err 19"
+    # stdout and stderr are read by two threads: their relative order is not guaranteed
+    assert "err 19" in outcome.tail
     assert len(seen) == 23  # on_line gets everything, the tails are only bounded copies
 
 
