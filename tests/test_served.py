@@ -62,23 +62,22 @@ def overlapping(intervals: list[tuple[float, float]]) -> list[tuple]:
     return [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if b[0] < a[1]]
 
 
-def test_one_script_never_runs_twice_at_once_across_flows(served, store, stubs):
-    stubs.configure("shared", sleep=2)
-    runs = [create_run("sync-script/shared"), create_run("sync-group/with-shared")]
+def assert_ran_one_after_the_other(stubs, script: str, deployments: list[str]) -> None:
+    stubs.configure(script, sleep=2)
+    runs = [create_run(name) for name in deployments]  # created together
     states = [wait_final(run) for run in runs]
     assert all(state.is_completed() for state in states), states
-    intervals = stubs.intervals("shared")
-    assert len(intervals) == 2
+    intervals = stubs.intervals(script)
+    assert len(intervals) == len(deployments)
     assert overlapping(intervals) == []
 
 
+def test_one_script_never_runs_twice_at_once_across_flows(served, store, stubs):
+    assert_ran_one_after_the_other(stubs, "shared", ["sync-script/shared", "sync-group/with-shared"])
+
+
 def test_second_trigger_of_a_deployment_waits_instead_of_being_dropped(served, store, stubs):
-    stubs.configure("gamma", sleep=2)
-    runs = [create_run("sync-script/gamma"), create_run("sync-script/gamma")]
-    states = [wait_final(run) for run in runs]
-    assert all(state.is_completed() for state in states), states
-    intervals = stubs.intervals("gamma")
-    assert len(intervals) == 2 and overlapping(intervals) == []
+    assert_ran_one_after_the_other(stubs, "gamma", ["sync-script/gamma", "sync-script/gamma"])
 
 
 def test_cancelling_a_run_kills_its_scripts_and_fails_the_row(served, store, stubs):
