@@ -1,0 +1,147 @@
+"""Parse and validate an Event API body the way the Inngest server does (pkg/eventstream,
+pkg/event): one object or an array, per-event decoding, NormalizeInbound and Validate.
+
+Error texts are the server's, since clients show them to users. One difference, on purpose:
+a request with a bad event is rejected whole (nothing is stored), where Inngest would already
+have published the events before it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_EVENT_BYTES = 3 * 1024 * 1024  # AbsoluteMaxEventSize
+MAX_EVENTS = 5000
+MIN_TS = 315532800000  # 1980-01-01T00:00:00Z in ms
+MAX_TS = 4102444800000  # 2100-01-01T00:00:00Z in ms
+INTERNAL_PREFIX = "inngest/"
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class EventError(ValueError):
+    """The request is refused with HTTP 400 and this text."""
+
+
+@dataclass
+class InboundEvent:
+    name: str
+    data: dict[str, Any]
+    ts: int
+    id: str = ""
+    v: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # user, meta: kept, unused
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": self.name, "data": self.data, "ts": self.ts}
+        if self.id:
+            body["id"] = self.id
+        if self.v:
+            body["v"] = self.v
+        return {**body, **self.extra}
+
+
+def parse_body(raw: bytes, now_ms: int | None = None) -> list[InboundEvent]:
+    text = raw.decode("utf-8", errors="replace").lstrip(" \t\r\n")
+    if not text:
+        return []  # an empty body is no events, answered 200
+    if text[0] == "{":
+        if len(raw) > MAX_EVENT_BYTES:
+            raise EventError(_too_big(len(raw)))
+        items = [_loads(text)]
+    elif text[0] == "[":
+        items = _loads(text)
+        if not isinstance(items, list):  # pragma: no cover - "[" always parses to a list
+            raise EventError("Request body must contain an event object or an array of event objects")
+        if len(items) > MAX_EVENTS:
+            raise EventError(f"Cannot have more than {MAX_EVENTS} events in a batch")
+        for item in items:
+            size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
+            if size > MAX_EVENT_BYTES:
+                raise EventError(_too_big(size))
+    else:
+        raise EventError("Request body must contain an event object or an array of event objects")
+    now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    return [normalize(decode(item), now_ms) for item in items]
+
+
+def decode(item: Any) -> InboundEvent:
+    """Go's json.Unmarshal into event.Event: field types are strict."""
+    if not isinstance(item, dict):
+        raise EventError(f"json: cannot unmarshal {_go_kind(item)} into Go value of type event.Event")
+    name = _typed(item, "name", str, "string")
+    data = item.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise EventError(
+            f"json: cannot unmarshal {_go_kind(data)} into Go struct field Event.data "
+            "of type map[string]interface {}"
+        )
+    ts = item.get("ts")
+    if ts is not None and (
+        isinstance(ts, bool) or not isinstance(ts, int) or not _INT64[0] <= ts <= _INT64[1]
+    ):
+        raise EventError(
+            f"json: cannot unmarshal {_go_kind(ts, with_value=True)} into Go struct field "
+            "Event.ts of type int64"
+        )
+    extra = {k: item[k] for k in ("user", "meta") if k in item}
+    return InboundEvent(
+        name=name or "",
+        data=dict(data or {}),
+        ts=int(ts or 0),
+        id=_typed(item, "id", str, "string") or "",
+        v=_typed(item, "v", str, "string") or "",
+        extra=extra,
+    )
+
+
+def normalize(event: InboundEvent, now_ms: int) -> InboundEvent:
+    """NormalizeInbound then Validate, in the server's order."""
+    if event.name.lower().startswith(INTERNAL_PREFIX):
+        raise EventError(f"event name is reserved for internal use: {event.name}")
+    event.data.pop("_inngest", None)
+    if event.ts == 0:
+        event.ts = now_ms
+    if not event.name:
+        raise EventError("event name is empty")
+    if event.ts < MIN_TS:
+        raise EventError("timestamp is before Jan 1, 1980")
+    if event.ts > MAX_TS:
+        raise EventError("timestamp is after Jan 1, 2100")
+    return event
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EventError(f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
+
+
+def _typed(item: dict[str, Any], key: str, kind: type, go_type: str) -> Any:
+    value = item.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise EventError(
+            f"json: cannot unmarshal {_go_kind(value)} into Go struct field Event.{key} of type {go_type}"
+        )
+    return value
+
+
+def _go_kind(value: Any, with_value: bool = False) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return f"number {json.dumps(value)}" if with_value else "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def _too_big(size: int) -> str:
+    return f"Event is over the max size: Max {MAX_EVENT_BYTES} bytes / Size {size} bytes"

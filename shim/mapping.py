@@ -1,0 +1,104 @@
+"""Event → deployment and flow parameters, from the catalog; refused data says why.
+
+Event data keys (what the admin, the old CLI and `scripts/trigger.ts` send):
+    jobId   the SyncJob row the admin created (the run then owns it)
+    limit   a positive whole number (--limit)
+    flags   a string of flags, "--all --limit=5" (split on spaces, never given to a shell)
+    <flag>  any flag the script allows, as trigger.ts sends them: {"all": true, "type": "PARTY"}
+Anything else, or a value the catalog does not allow, starts no run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from deployments.flags import FlagError
+from deployments.models import Catalog
+from deployments.plans import plan_group, plan_script
+from deployments.specs import GROUP_FLOW, spec_for_event
+
+RUN = "run"  # create a flow run
+FAIL_JOB = "fail_job"  # no run; mark the given SyncJob FAILED with the reason
+NOTHING = "nothing"  # no run, no row to tell
+
+
+@dataclass(frozen=True)
+class EventAction:
+    action: str
+    deployment: str | None = None  # flow/deployment
+    parameters: dict[str, Any] | None = None
+    job_id: str | None = None
+    reason: str | None = None
+
+
+def map_event(catalog: Catalog, name: str, data: dict[str, Any]) -> EventAction:
+    raw_job = data.get("jobId")
+    job_id = raw_job if isinstance(raw_job, str) and raw_job.strip() else None
+    spec = spec_for_event(catalog, name)
+    if spec is None:
+        return _refuse(job_id, f"no flow handles {name}")
+    if raw_job is not None and job_id is None:
+        return _refuse(None, f"jobId must be a non-empty string, got {raw_job!r}")
+    try:
+        parameters = _parameters(catalog, spec.flow, spec.parameters, data)
+    except (FlagError, ValueError) as exc:
+        return _refuse(job_id, f"{name}: {exc}")
+    if job_id:
+        parameters["job_id"] = job_id
+    return EventAction(RUN, deployment=spec.full_name, parameters=parameters, job_id=job_id)
+
+
+def _refuse(job_id: str | None, reason: str) -> EventAction:
+    return EventAction(FAIL_JOB if job_id else NOTHING, job_id=job_id, reason=reason)
+
+
+def _parameters(
+    catalog: Catalog, flow: str, defaults: dict[str, Any], data: dict[str, Any]
+) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    limit = data.get("limit")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive whole number, got {limit!r}")
+        parameters["limit"] = limit
+    rest = {k: v for k, v in data.items() if k not in ("jobId", "limit", "flags")}
+    if flow == GROUP_FLOW:
+        if data.get("flags") or rest:
+            keys = sorted([*rest, *(["flags"] if data.get("flags") else [])])
+            raise ValueError(f"a group takes no flags (got {', '.join(keys)})")
+        plan_group(catalog, defaults["group"], limit=parameters.get("limit"))
+        return parameters
+    script = defaults["script"]
+    flags = _flags(catalog, script, data.get("flags"), rest)
+    if flags is not None:
+        parameters["flags"] = flags
+    plan_script(catalog, script, flags=flags, limit=parameters.get("limit"))  # raises on bad flags
+    return parameters
+
+
+def _flags(catalog: Catalog, script: str, flags: Any, keys: dict[str, Any]) -> list[str] | None:
+    items: list[str] = []
+    if flags is not None:
+        if not isinstance(flags, str):
+            raise ValueError(f'flags must be a string like "--all --limit=5", got {flags!r}')
+        items = flags.split()
+    allowed = catalog.allowed_flags(script)
+    for key, value in keys.items():
+        name = _kebab(key)
+        if name not in allowed:
+            raise ValueError(f"unknown key {key!r} (not a flag of {script})")
+        if value is True:
+            items.append(f"--{name}")
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, int | str) and not isinstance(value, bool):
+            items.append(f"--{name}={value}")
+        else:
+            raise ValueError(f"{key} must be a boolean, a number or a string, got {value!r}")
+    return items if (flags is not None or keys) else None
+
+
+def _kebab(key: str) -> str:
+    """dryRun -> dry-run; dry-run stays."""
+    return "".join(f"-{c.lower()}" if c.isupper() else c for c in key)

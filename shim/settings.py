@@ -1,0 +1,76 @@
+"""Shim configuration (environment, pydantic-settings). Event keys are secrets: never logged."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ShimSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="POLIGRAPH_SHIM_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    host: str = Field(default="127.0.0.1", description="Address the Event API binds to.")
+    port: int = Field(default=8288, description="Port of the Event API (Inngest's).")
+    event_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default=[],
+        validation_alias=AliasChoices("POLIGRAPH_EVENT_KEYS", "POLIGRAPH_SHIM_EVENT_KEYS"),
+        description="Accepted event keys, comma separated. None: dev mode.",
+    )
+    dev: bool | None = Field(
+        default=None, description="Accept any key. Default: on when no key is configured."
+    )
+    allow_dev_off_loopback: bool = Field(
+        default=False, description="Allow dev mode on a non-loopback address (explicit opt-in)."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="Where the shim keeps events. Default: DATABASE_URL (own schema), else SQLite.",
+    )
+    schema_name: str = Field(
+        default="poligraph_jobs",
+        pattern=r"^[a-z_][a-z0-9_]*$",
+        validation_alias=AliasChoices("POLIGRAPH_SHIM_SCHEMA", "schema_name"),
+    )
+    dedupe_hours: float = Field(default=24, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0, description="Dispatcher idle poll interval.")
+    max_backoff_seconds: float = Field(default=60.0, gt=0)
+    batch_size: int = Field(default=50, ge=1)
+
+    @field_validator("event_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def dev_mode(self) -> bool:
+        return self.dev if self.dev is not None else not self.event_keys
+
+    def check(self) -> None:
+        """Refuse a configuration that would open the Event API to anyone."""
+        if self.dev_mode and not self.allow_dev_off_loopback and not is_loopback(self.host):
+            raise ValueError(
+                f"dev mode accepts any event key and is only allowed on a loopback address, not "
+                f"{self.host!r}: set POLIGRAPH_EVENT_KEYS, or POLIGRAPH_SHIM_ALLOW_DEV_OFF_LOOPBACK=true"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def get_shim_settings() -> ShimSettings:
+    return ShimSettings()

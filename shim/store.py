@@ -1,0 +1,166 @@
+"""The event outbox: events are committed here before the client gets its 200, then dispatched."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from flows.settings import Settings, get_settings
+from flows.syncjob import sqlalchemy_url, utcnow
+from shim.events import InboundEvent
+from shim.mapping import NOTHING, EventAction
+from shim.settings import ShimSettings
+from shim.tables import inngest_dedupe, inngest_event
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+PENDING, DONE, DUPLICATE, FAILED = "pending", "done", "duplicate", "failed"
+
+
+def shim_database_url(shim: ShimSettings, app: Settings) -> str:
+    if shim.database_url:
+        return sqlalchemy_url(shim.database_url)
+    if app.database_url:
+        return sqlalchemy_url(app.database_url)
+    app.home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{app.home / 'shim.sqlite'}"
+
+
+@lru_cache(maxsize=4)
+def _engine(url: str, schema: str) -> Engine:
+    if url.startswith("sqlite"):
+        return sa.create_engine(url, connect_args={"timeout": 30})
+    # Our tables resolve in our own schema; Prisma's `public` is never touched.
+    return sa.create_engine(url, pool_pre_ping=True, connect_args={"options": f"-csearch_path={schema}"})
+
+
+def migrate(engine: Engine, schema: str) -> None:
+    """Create the schema (PostgreSQL) and bring the tables to the latest migration."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    event_id: str
+    status: str
+
+
+class EventStore:
+    def __init__(self, engine: Engine, dedupe_hours: float = 24) -> None:
+        self.engine = engine
+        self.dedupe_window = timedelta(hours=dedupe_hours)
+
+    def record(self, events: list[tuple[str, InboundEvent, EventAction]]) -> list[Recorded]:
+        """Store a request's events in one transaction (all or nothing), in order."""
+        now = utcnow()
+        recorded = []
+        with self.engine.begin() as conn:
+            for event_id, event, action in events:
+                pk = uuid.uuid4().hex
+                dedupe_key = event.id or event_id
+                first = self._claim_dedupe_key(conn, dedupe_key, pk, now)
+                if not first:
+                    status = DUPLICATE
+                elif action.action == NOTHING:
+                    status = DONE
+                else:
+                    status = PENDING
+                conn.execute(
+                    sa.insert(inngest_event).values(
+                        pk=pk,
+                        event_id=event_id,
+                        user_id=event.id or None,
+                        dedupe_key=dedupe_key,
+                        name=event.name,
+                        payload=event.as_json(),
+                        received_at=now,
+                        action=action.action,
+                        deployment=action.deployment,
+                        parameters=action.parameters,
+                        job_id=action.job_id,
+                        reason=action.reason,
+                        status=status,
+                        attempts=0,
+                        next_attempt_at=now,
+                        done_at=None if status == PENDING else now,
+                    )
+                )
+                recorded.append(Recorded(event_id, status))
+        return recorded
+
+    def _claim_dedupe_key(self, conn: Connection, key: str, pk: str, now) -> bool:
+        """True when no live event holds `key` (it is now ours for the dedupe window)."""
+        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(
+            inngest_dedupe
+        ).values(key=key, event_pk=pk, expires_at=now + self.dedupe_window)
+        stmt = insert.on_conflict_do_update(
+            index_elements=["key"],
+            set_={"event_pk": pk, "expires_at": now + self.dedupe_window},
+            where=inngest_dedupe.c.expires_at <= now,
+        ).returning(inngest_dedupe.c.key)
+        return conn.execute(stmt).first() is not None
+
+    # --- dispatcher side ------------------------------------------------------------------
+    def claim_due(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
+        """Pending events that are due, locked for this transaction (SKIP LOCKED on PostgreSQL)."""
+        query = (
+            sa.select(inngest_event)
+            .where(inngest_event.c.status == PENDING, inngest_event.c.next_attempt_at <= utcnow())
+            .order_by(inngest_event.c.received_at, inngest_event.c.pk)
+            .limit(limit)
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+    def finish(self, conn: Connection, pk: str, status: str, **values: Any) -> None:
+        conn.execute(
+            sa.update(inngest_event)
+            .where(inngest_event.c.pk == pk)
+            .values(status=status, done_at=utcnow(), **values)
+        )
+
+    def postpone(self, conn: Connection, pk: str, attempts: int, delay: float, error: str) -> None:
+        conn.execute(
+            sa.update(inngest_event)
+            .where(inngest_event.c.pk == pk)
+            .values(
+                attempts=attempts,
+                next_attempt_at=utcnow() + timedelta(seconds=delay),
+                last_error=error[:2000],
+            )
+        )
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(inngest_event).order_by(inngest_event.c.received_at, inngest_event.c.pk)
+        if name:
+            query = query.where(inngest_event.c.name == name)
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    def pending_count(self) -> int:
+        with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).where(inngest_event.c.status == PENDING)
+            return conn.execute(query).scalar_one()
+
+
+def open_store(shim: ShimSettings, app: Settings | None = None) -> EventStore:
+    app = app or get_settings()
+    engine = _engine(shim_database_url(shim, app), shim.schema_name)
+    migrate(engine, shim.schema_name)
+    return EventStore(engine, shim.dedupe_hours)
