@@ -1,4 +1,5 @@
-"""Start everything on one machine: a Prefect server (SQLite, UI) and every deployment served.
+"""Start everything on one machine: a Prefect server (SQLite, UI), every deployment served, and
+the Inngest-compatible Event API (shim) on :8288.
 
     python -m deployments.local_stack          (what `make up` runs)
 
@@ -70,6 +71,7 @@ def main() -> int:
         env=env,
     )
     serve: subprocess.Popen[bytes] | None = None
+    shim: subprocess.Popen[bytes] | None = None
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -81,15 +83,19 @@ def main() -> int:
     try:
         wait_healthy(api_url, server, STARTUP_TIMEOUT)
         serve = subprocess.Popen([sys.executable, "-m", "deployments.serve"], env=env)
+        shim = subprocess.Popen([sys.executable, "-m", "shim"], env=env)
         print(
-            f"\nUI: http://{HOST}:{port}   API: {api_url}\nOperators: export PREFECT_API_URL={api_url}\n",
+            f"\nUI: http://{HOST}:{port}   API: {api_url}\n"
+            f"Inngest Event API (shim): http://127.0.0.1:{env.get('POLIGRAPH_SHIM_PORT', '8288')}\n"
+            f"Operators: export PREFECT_API_URL={api_url}\n",
             flush=True,
         )
-        while not stopping and server.poll() is None and serve.poll() is None:
+        while not stopping and all(p.poll() is None for p in (server, serve, shim)):
             time.sleep(0.5)
     finally:
-        if serve is not None:
-            stop(serve)
+        for proc in (shim, serve):
+            if proc is not None:
+                stop(proc)
         stop(server)
     if stopping:
         return 0

@@ -24,13 +24,14 @@ from flows.syncjob import SyncJobStore, engine_for, job_id_for_flow_run
 
 @pytest.fixture(scope="module")
 def stack():
-    port = _free_port()
+    port, shim_port = _free_port(), _free_port()
     home = STATE / "stack-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POLIGRAPH_", "PREFECT_"))}
     env.pop("DATABASE_URL", None)
     env.update(
         POLIGRAPH_HOME=str(home),
         POLIGRAPH_PREFECT_PORT=str(port),
+        POLIGRAPH_SHIM_PORT=str(shim_port),
         POLIGRAPH_DEMO_SECONDS="0.5",
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -57,7 +58,13 @@ def stack():
 
     try:
         wait_for(all_deployments_listed, timeout=120, interval=0.5, what="the stack's deployments")
-        yield {"api": api, "env": {**env, "PREFECT_API_URL": api}, "home": home, "proc": proc}
+        yield {
+            "api": api,
+            "env": {**env, "PREFECT_API_URL": api},
+            "home": home,
+            "proc": proc,
+            "shim": f"http://127.0.0.1:{shim_port}",
+        }
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

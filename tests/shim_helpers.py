@@ -1,0 +1,70 @@
+"""Run the shim's ASGI app on a real port (uvicorn in a thread) for the SDK to talk to."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import inngest
+import uvicorn
+
+from deployments.models import Catalog, load_catalog
+from flows.settings import DEFAULT_CATALOG, Settings
+from shim.app import create_app
+from shim.settings import ShimSettings
+from shim.store import EventStore, open_store
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_shim(
+    settings: ShimSettings, store: EventStore, run_dispatcher: bool = False, catalog: Catalog | None = None
+) -> Iterator[tuple[str, object]]:
+    """Yield (base url, app) of a shim served on 127.0.0.1 until the block ends.
+
+    The catalog defaults to the real one (the tests' environment points at a test catalog).
+    """
+    catalog = catalog or load_catalog(DEFAULT_CATALOG)
+    app = create_app(settings, store=store, run_dispatcher=run_dispatcher, catalog=catalog)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the shim did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def sqlite_store(home: Path, **overrides) -> EventStore:
+    return open_store(ShimSettings(**overrides), Settings(database_url=None, home=home))
+
+
+def dev_client(base_url: str) -> inngest.Inngest:
+    """An unchanged Inngest client in dev mode: it sends the key NO_EVENT_KEY_SET."""
+    return inngest.Inngest(app_id="poligraph", is_production=False, event_api_base_url=base_url)
+
+
+def key_client(base_url: str, key: str) -> inngest.Inngest:
+    return inngest.Inngest(
+        app_id="poligraph",
+        is_production=True,
+        event_api_base_url=base_url,
+        event_key=key,
+        signing_key="signkey-prod-0123456789abcdef",
+    )
