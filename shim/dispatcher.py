@@ -18,6 +18,11 @@ from typing import Any
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import (
+    PREFECT_API_REQUEST_TIMEOUT,
+    PREFECT_CLIENT_MAX_RETRIES,
+    temporary_settings,
+)
 
 from flows.syncjob import get_store
 from shim.mapping import FAIL_JOB, RUN
@@ -67,8 +72,18 @@ class Dispatcher:
         shims pass it by) while Prefect is called; on SQLite the write lock is taken only for
         the final update, so a slow Prefect never blocks the Event API's inserts.
         """
-        handled = 0
+        seen: list[str] = []  # each event at most once per pass, even when due again at once
         with ExitStack() as stack:
+            # Our own backoff replaces the client's (up to a minute of silent retries per call),
+            # and a slow Prefect costs one request timeout, not the default 60 s.
+            stack.enter_context(
+                temporary_settings(
+                    updates={
+                        PREFECT_CLIENT_MAX_RETRIES: 0,
+                        PREFECT_API_REQUEST_TIMEOUT: self.settings.prefect_timeout_seconds,
+                    }
+                )
+            )
             clients: list[SyncPrefectClient] = []
 
             def client() -> SyncPrefectClient:  # opened on first need, inside the error handling
@@ -76,14 +91,14 @@ class Dispatcher:
                     clients.append(stack.enter_context(get_client(sync_client=True)))
                 return clients[0]
 
-            while handled < self.settings.batch_size and not self._stop.is_set():
+            while len(seen) < self.settings.batch_size and not self._stop.is_set():
                 with self.store.engine.begin() as conn:
-                    rows = self.store.claim_due(conn, 1)
+                    rows = self.store.claim_due(conn, 1, exclude=seen)
                     if not rows:
                         break
+                    seen.append(rows[0]["pk"])
                     self._handle(conn, client, rows[0])
-                handled += 1
-        return handled
+        return len(seen)
 
     def _handle(self, conn, client: Callable[[], SyncPrefectClient], row: dict[str, Any]) -> None:
         if row["action"] == FAIL_JOB:

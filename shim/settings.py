@@ -40,7 +40,8 @@ class ShimSettings(BaseSettings):
     dedupe_hours: float = Field(default=24, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0, description="Dispatcher idle poll interval.")
     max_backoff_seconds: float = Field(default=60.0, gt=0)
-    batch_size: int = Field(default=50, ge=1)
+    batch_size: int = Field(default=50, ge=1, description="Events handled per dispatcher pass.")
+    prefect_timeout_seconds: float = Field(default=10.0, gt=0, description="Per Prefect API call.")
 
     @field_validator("event_keys", mode="before")
     @classmethod

@@ -116,11 +116,17 @@ class EventStore:
         return conn.execute(stmt).first() is not None
 
     # --- dispatcher side ------------------------------------------------------------------
-    def claim_due(self, conn: Connection, limit: int) -> list[dict[str, Any]]:
+    def claim_due(
+        self, conn: Connection, limit: int, exclude: list[str] | None = None
+    ) -> list[dict[str, Any]]:
         """Pending events that are due, locked for this transaction (SKIP LOCKED on PostgreSQL)."""
         query = (
             sa.select(inngest_event)
-            .where(inngest_event.c.status == PENDING, inngest_event.c.next_attempt_at <= utcnow())
+            .where(
+                inngest_event.c.status == PENDING,
+                inngest_event.c.next_attempt_at <= utcnow(),
+                inngest_event.c.pk.not_in(exclude or []),
+            )
             .order_by(inngest_event.c.received_at, inngest_event.c.pk)
             .limit(limit)
         )

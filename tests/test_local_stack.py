@@ -14,7 +14,7 @@ import sys
 
 import httpx
 import pytest
-from conftest import REPO, STATE, _free_port, wait_for
+from conftest import REPO, STATE, _free_port, insert_pending, wait_for
 
 from deployments.models import load_catalog
 from deployments.specs import deployment_specs
@@ -118,3 +118,22 @@ def test_prefect_deployment_run_of_press_completes_with_logs_and_a_row(stack):
     row = store.get(job_id_for_flow_run(run["id"]))
     assert row["status"] == "COMPLETED" and row["script"] == "press" and row["progress"] == 100
     assert [s["script"] for s in row["result"]["steps"]] == ["sync-press", "sync-press-analysis"]
+
+
+def test_unchanged_inngest_client_event_completes_the_admin_job(stack):
+    """What the admin does: create a PENDING row, then inngest.send({name, data: {jobId}})."""
+    import inngest
+
+    store = SyncJobStore(engine_for(Settings(database_url=None, home=stack["home"])))
+    insert_pending(store, "cadminpress00000000000001", "press")
+    client = inngest.Inngest(app_id="poligraph", is_production=False, event_api_base_url=stack["shim"])
+    ids = client.send_sync(inngest.Event(name="sync/press", data={"jobId": "cadminpress00000000000001"}))
+    assert len(ids) == 1
+
+    def completed():
+        row = store.get("cadminpress00000000000001")
+        assert row["status"] != "FAILED", row["error"]
+        return row["status"] == "COMPLETED" and row
+
+    row = wait_for(completed, timeout=90, what="the admin's job to complete")
+    assert row["startedAt"] is not None and row["result"]["total"] == 2
