@@ -164,10 +164,10 @@ def process_alive(pid: int) -> bool:
 
 
 # --- Prefect ----------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[str]:
-    api_url = os.environ["PREFECT_API_URL"]
-    log = (STATE / "prefect-server.log").open("wb")
+def start_prefect_server(port: int, home: Path, log_name: str) -> subprocess.Popen[bytes]:
+    """`prefect server start` on 127.0.0.1:port with its own home; returns once healthy."""
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    log = (STATE / log_name).open("ab")
     server = subprocess.Popen(
         [
             sys.executable,
@@ -178,9 +178,10 @@ def prefect_api() -> Iterator[str]:
             "--host",
             "127.0.0.1",
             "--port",
-            str(PREFECT_PORT),
+            str(port),
             "--no-ui",
         ],
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -188,26 +189,38 @@ def prefect_api() -> Iterator[str]:
     import httpx
 
     def healthy() -> bool:
-        assert server.poll() is None, (STATE / "prefect-server.log").read_text()[-3000:]
+        assert server.poll() is None, (STATE / log_name).read_text()[-3000:]
         try:
-            return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
+    wait_for(healthy, timeout=90, interval=0.3, what="prefect server health")
+    return server
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     try:
-        wait_for(healthy, timeout=90, interval=0.3, what="prefect server health")
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    server = start_prefect_server(PREFECT_PORT, Path(os.environ["PREFECT_HOME"]), "prefect-server.log")
+    try:
         from deployments.catalog import get_catalog
         from deployments.concurrency import ensure_script_limits
 
         run_async(ensure_script_limits(get_catalog()))
-        yield api_url
+        yield os.environ["PREFECT_API_URL"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
+        stop_process_group(server)
 
 
 def start_serve(extra_env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
@@ -224,13 +237,7 @@ def start_serve(extra_env: dict[str, str], log_name: str) -> subprocess.Popen[by
 
 
 def stop_serve(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    stop_process_group(proc)
 
 
 def deployment_ready(full_name: str) -> Callable[[], bool]:

@@ -1,0 +1,102 @@
+"""A real Prefect outage: events sent while the server is stopped all run, once each, when it
+is back. Uses its own Prefect server (so the session's stays up) and a `python -m shim` process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import httpx
+from conftest import REPO, STATE, run_async, start_prefect_server, stop_process_group, wait_for
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from shim_helpers import free_port
+
+from deployments.catalog import get_catalog
+from deployments.serve import runner_deployment
+from deployments.specs import deployment_specs
+from flows.settings import get_settings
+from shim.settings import ShimSettings
+from shim.store import open_store
+
+
+def send(port: int, count: int, offset: int) -> list[str]:
+    events = [{"name": "sync/alpha", "data": {"limit": offset + i}} for i in range(1, count + 1)]
+    body = httpx.post(f"http://127.0.0.1:{port}/e/NO_EVENT_KEY_SET", content=json.dumps(events)).json()
+    assert body["status"] == 200
+    return body["ids"]
+
+
+def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, store):
+    prefect_port, shim_port = free_port(), free_port()
+    home = STATE / f"outage-{uuid.uuid4().hex[:6]}"
+    api = f"http://127.0.0.1:{prefect_port}/api"
+    schema = f"shim_{uuid.uuid4().hex[:10]}"
+    server = start_prefect_server(prefect_port, home, "outage-prefect.log")
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        for spec in deployment_specs(get_catalog()):
+            runner_deployment(spec).apply()
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api,
+        "POLIGRAPH_SHIM_PORT": str(shim_port),
+        "POLIGRAPH_SHIM_SCHEMA": schema,
+        "POLIGRAPH_SHIM_MAX_BACKOFF_SECONDS": "1",
+        "POLIGRAPH_SHIM_PREFECT_TIMEOUT_SECONDS": "2",
+    }
+    log = (STATE / "outage-shim.log").open("ab")
+    shim = subprocess.Popen(
+        [sys.executable, "-m", "shim"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    outbox = open_store(ShimSettings(schema_name=schema), get_settings())
+    try:
+        wait_for(lambda: _healthy(shim_port), timeout=60, what="the shim")
+        send(shim_port, 2, 0)
+        wait_for(lambda: outbox.pending_count() == 0, timeout=60, what="dispatch while Prefect is up")
+
+        stop_process_group(server)  # Prefect goes away
+        during = send(shim_port, 5, 100)
+        assert len(during) == 5  # still accepted: the outbox holds them
+        wait_for(
+            lambda: all(r["attempts"] >= 2 for r in outbox.events() if r["event_id"] in during),
+            timeout=60,
+            what="retries against the stopped server",
+        )
+        assert outbox.pending_count() == 5
+
+        server = start_prefect_server(prefect_port, home, "outage-prefect.log")  # back
+        wait_for(lambda: outbox.pending_count() == 0, timeout=90, what="the backlog after the outage")
+    finally:
+        stop_process_group(shim)
+        log.close()
+
+    rows = outbox.events()
+    assert len(rows) == 7 and all(r["status"] == "done" for r in rows)
+    assert len({r["flow_run_id"] for r in rows}) == 7
+
+    async def limits_of_runs() -> list[int]:
+        async with get_client() as client:
+            runs = [await client.read_flow_run(r["flow_run_id"]) for r in rows]
+        return sorted(run.parameters["limit"] for run in runs)
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            assert run_async(limits_of_runs()) == [1, 2, 101, 102, 103, 104, 105]
+    finally:
+        stop_process_group(server)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
