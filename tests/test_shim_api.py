@@ -270,3 +270,18 @@ def test_event_data_becomes_parameters_or_a_reason(dev_shim, name, data, action,
     else:
         assert expected in row["reason"] and row["parameters"] is None
         assert row["status"] == ("pending" if action == "fail_job" else "done")
+
+
+def test_a_repeated_id_starts_a_run_again_once_its_24_hours_are_over(dev_shim):
+    import sqlalchemy as sa
+
+    from shim.tables import inngest_dedupe
+
+    url, store = dev_shim
+    client = dev_client(url)
+    client.send_sync(inngest.Event(name="sync/press", id="weekly"))
+    with store.engine.begin() as conn:  # a day later
+        conn.execute(sa.update(inngest_dedupe).values(expires_at=sa.func.datetime("now", "-1 minute")))
+    client.send_sync(inngest.Event(name="sync/press", id="weekly"))
+    client.send_sync(inngest.Event(name="sync/press", id="weekly"))
+    assert [r["status"] for r in store.events()] == ["pending", "pending", "duplicate"]
