@@ -62,11 +62,7 @@ class Settings(BaseSettings):
     @field_validator("retry_delays", mode="before")
     @classmethod
     def _split_delays(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [float(part) for part in value.split(",") if part.strip()]
-        if isinstance(value, int | float):
-            return [float(value)]
-        return value
+        return [value] if isinstance(value, int | float) else comma_separated(value)
 
     @property
     def sqlite_path(self) -> Path:
@@ -85,6 +81,13 @@ class Settings(BaseSettings):
 
     def script_cwd(self) -> Path | None:
         return self.app_dir
+
+
+def comma_separated(value: object) -> object:
+    """ "a, b,c" -> ["a", "b", "c"] for list settings given as one environment string."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 @lru_cache(maxsize=1)

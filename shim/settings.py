@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from flows.settings import comma_separated
+
 
 class ShimSettings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -46,9 +48,7 @@ class ShimSettings(BaseSettings):
     @field_validator("event_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
-        return value
+        return comma_separated(value)
 
     @property
     def dev_mode(self) -> bool:

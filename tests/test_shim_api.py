@@ -285,3 +285,15 @@ def test_a_repeated_id_starts_a_run_again_once_its_24_hours_are_over(dev_shim):
     client.send_sync(inngest.Event(name="sync/press", id="weekly"))
     client.send_sync(inngest.Event(name="sync/press", id="weekly"))
     assert [r["status"] for r in store.events()] == ["pending", "pending", "duplicate"]
+
+
+def test_migrations_build_exactly_the_tables_the_code_uses(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from shim.tables import metadata
+
+    store = sqlite_store(tmp_path)
+    with store.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diffs == []
