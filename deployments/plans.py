@@ -21,6 +21,7 @@ class PlannedStep(BaseModel):
     retries: int
     required: bool = False
     disabled: str | None = None
+    critical: bool = False  # a failure for good alerts the webhook
 
 
 class Plan(BaseModel):
@@ -48,6 +49,7 @@ def plan_script(
         retries=script.retries,
         disabled=script.disabled,
         required=True,
+        critical=script.critical,
     )
     return Plan(job_script=script.id, steps=(step,))
 
@@ -74,6 +76,7 @@ def plan_group(catalog: Catalog, group_name: str, limit: int | None = None) -> P
                 retries=script.retries,
                 required=step.required or not group.continue_on_failure,
                 disabled=script.disabled,
+                critical=script.critical,
             )
         )
     return Plan(

@@ -18,6 +18,7 @@ from prefect.schedules import Cron
 from deployments.catalog import get_catalog
 from deployments.concurrency import ensure_script_limits
 from deployments.specs import SCRIPT_FLOW, DeploymentSpec, deployment_specs
+from flows.reconcile import Reconciler
 from flows.settings import get_settings
 from flows.sync_group import sync_group
 from flows.sync_script import sync_script
@@ -41,7 +42,12 @@ def main() -> None:
     catalog = get_catalog()
     asyncio.run(ensure_script_limits(catalog))
     deployments = [runner_deployment(spec) for spec in deployment_specs(catalog)]
-    serve(*deployments, limit=get_settings().serve_limit, pause_on_shutdown=False)
+    reconciler = Reconciler()  # its first pass also catches runs left dead by a previous stop
+    reconciler.start()
+    try:
+        serve(*deployments, limit=get_settings().serve_limit, pause_on_shutdown=False)
+    finally:
+        reconciler.stop()
 
 
 if __name__ == "__main__":

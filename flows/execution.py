@@ -6,8 +6,11 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from deployments.plans import Plan
+from flows.alerts import alert_failure
+from flows.liveness import registered
 from flows.steps import StepFailed, configured
 from flows.syncjob import get_store, job_id_for_flow_run
 
@@ -25,8 +28,16 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any]:
     logger = get_run_logger()
     store = get_store()
     job = row_id(job_id)
-    store.mark_running(job, plan.job_script)
+    run_id = str(flow_run.id)
+    if not store.mark_running(job, plan.job_script, run_id):
+        logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
+        return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
     logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
+    with registered(run_id, job):
+        return _run_steps(plan, job, store, logger)
+
+
+def _run_steps(plan: Plan, job: str, store, logger) -> dict[str, Any]:
 
     steps: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -49,6 +60,8 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any]:
         try:
             steps.append(configured(step)(step, job, index, count))
         except Exception as exc:  # the task exhausted its retries
+            if step.critical:
+                alert_failure(step.script, job, str(flow_run.id), str(exc))
             if not plan.continue_on_failure:
                 raise
             logger.error("step %s failed, going on: %s", step.name, exc)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -57,9 +57,28 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Least time between two SyncJob progress writes."
     )
     tail_lines: int = Field(default=30, ge=1, description="Output lines kept for error messages.")
+    alert_webhook_url: SecretStr | None = Field(
+        default=None, description="Where failures of critical scripts are POSTed (JSON)."
+    )
+    alert_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default=[1.0, 5.0, 30.0], description="Seconds between webhook attempts."
+    )
+    admin_base_url: str = Field(
+        default="https://poligraph.fr",
+        validation_alias=AliasChoices("NEXT_PUBLIC_BASE_URL", "POLIGRAPH_ADMIN_BASE_URL"),
+    )
+    reconcile_interval_seconds: float = Field(
+        default=2.0, gt=0, description="Reconciler period: cancels, dead runs, ended runs."
+    )
+    slot_wait_warning_seconds: float = Field(
+        default=3600, gt=0, description="Log runs waiting longer than this for a concurrency slot."
+    )
+    catch_up_window_seconds: float = Field(
+        default=3600, ge=0, description="A missed cron slot older than this is not run at all."
+    )
     serve_limit: int = Field(default=4, ge=1, description="Runs one serve process executes at once.")
 
-    @field_validator("retry_delays", mode="before")
+    @field_validator("retry_delays", "alert_retry_delays", mode="before")
     @classmethod
     def _split_delays(cls, value: object) -> object:
         return [value] if isinstance(value, int | float) else comma_separated(value)

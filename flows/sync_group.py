@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.states import Completed
 
 from deployments.catalog import get_catalog
 from deployments.plans import plan_group
 from flows.execution import execute_plan
 from flows.hooks import FAILURE_HOOKS
+from flows.missed import missed_slot_reason
 
 
 @flow(name="sync-group", persist_result=True, log_prints=True, **FAILURE_HOOKS)
@@ -20,5 +22,8 @@ def sync_group(group: str, job_id: str | None = None, limit: int | None = None) 
     groups (sync-daily), which go on and fail only when a step marked required failed.
     Returns `{total, succeeded, failed, failures, skipped}`.
     """
+    if reason := missed_slot_reason():
+        get_run_logger().warning("not running: %s", reason)
+        return Completed(message=f"skipped: {reason}")
     plan = plan_group(get_catalog(), group, limit=limit)
     return execute_plan(plan, job_id)

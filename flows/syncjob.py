@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import string
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from sqlalchemy.engine import Engine
 from flows.settings import Settings, get_settings
 
 ERROR_MAX_CHARS = 2000
+# What the admin's cancel (PATCH /api/admin/syncs/<id>) writes; `cancel` in the CLI writes it too.
+CANCEL_MESSAGE = "Annulé manuellement par l'administrateur"
 
 
 class SyncJobStatus(enum.StrEnum):
@@ -118,22 +121,47 @@ def truncate_error(message: str) -> str:
     return head + marker + message[-(ERROR_MAX_CHARS - len(head) - len(marker)) :]
 
 
+def not_cancelled():
+    """Rows a run may still write: anything but a cancel (an admin cancel is final)."""
+    c = sync_job.c
+    return sa.or_(c.status != SyncJobStatus.FAILED, c.error.is_(None), c.error != CANCEL_MESSAGE)
+
+
+ACTIVE = (SyncJobStatus.PENDING, SyncJobStatus.RUNNING)
+
+
 class SyncJobStore:
-    """The writes a run makes. Every method is one short transaction."""
+    """The writes a run makes. Every method is one short transaction.
+
+    None of them overwrites a cancelled row. A row failed by the admin's stale sweep is
+    overwritten by the run's real final state.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def _upsert(self, values: dict[str, Any], update: dict[str, Any]):
-        insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(
-            sync_job
-        ).values(**values)
-        return insert.on_conflict_do_update(index_elements=["id"], set_=update)
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(sync_job).values(**values)
+        return insert.on_conflict_do_update(
+            index_elements=["id"], set_=update, where=not_cancelled()
+        ).returning(sync_job.c.id)
 
-    def mark_running(self, job_id: str, script: str) -> None:
-        """RUNNING now; creates the row when the run was started without one."""
+    def _update(self, job_id: str, values: dict[str, Any], *conditions) -> bool:
+        stmt = (
+            sa.update(sync_job).where(sync_job.c.id == job_id, not_cancelled(), *conditions).values(**values)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount > 0
+
+    def mark_running(self, job_id: str, script: str, flow_run_id: str | None = None) -> bool:
+        """RUNNING now; creates the row when the run was started without one.
+
+        While the run goes on, `result` holds {"flowRunId"} (the admin never shows `result`) so
+        that cancels and the reconciler find the run. False when the row was cancelled.
+        """
         now = utcnow()
-        c = sync_job.c
+        link = {"flowRunId": flow_run_id} if flow_run_id else None
         stmt = self._upsert(
             {
                 "id": job_id,
@@ -142,16 +170,18 @@ class SyncJobStore:
                 "progress": 0,
                 "startedAt": now,
                 "createdAt": now,
+                "result": link,
             },
             {
                 "status": SyncJobStatus.RUNNING,
-                "startedAt": sa.func.coalesce(c.startedAt, now),
+                "startedAt": sa.func.coalesce(sync_job.c.startedAt, now),
                 "completedAt": None,
                 "error": None,
+                "result": link,
             },
         )
         with self.engine.begin() as conn:
-            conn.execute(stmt)
+            return conn.execute(stmt).first() is not None
 
     def set_progress(
         self, job_id: str, progress: int, processed: int | None = None, total: int | None = None
@@ -161,22 +191,19 @@ class SyncJobStore:
             values["processed"] = processed
         if total is not None:
             values["total"] = total
-        with self.engine.begin() as conn:
-            conn.execute(sa.update(sync_job).where(sync_job.c.id == job_id).values(**values))
+        self._update(job_id, values)
 
-    def mark_completed(self, job_id: str, result: Mapping[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(sync_job)
-                .where(sync_job.c.id == job_id)
-                .values(
-                    status=SyncJobStatus.COMPLETED,
-                    progress=100,
-                    completedAt=utcnow(),
-                    result=dict(result),
-                    error=None,
-                )
-            )
+    def mark_completed(self, job_id: str, result: Mapping[str, Any]) -> bool:
+        return self._update(
+            job_id,
+            {
+                "status": SyncJobStatus.COMPLETED,
+                "progress": 100,
+                "completedAt": utcnow(),
+                "result": dict(result),
+                "error": None,
+            },
+        )
 
     def mark_failed(
         self,
@@ -184,8 +211,12 @@ class SyncJobStore:
         error: str,
         script: str | None = None,
         result: Mapping[str, Any] | None = None,
-    ) -> None:
-        """FAILED with the error; creates the row if it is missing and `script` is known."""
+        only_if_active: bool = False,
+    ) -> bool:
+        """FAILED with the error; creates the row if it is missing and `script` is known.
+
+        `only_if_active`: leave rows that already ended alone (reconciler, refused events).
+        """
         now = utcnow()
         values: dict[str, Any] = {
             "status": SyncJobStatus.FAILED,
@@ -194,13 +225,22 @@ class SyncJobStore:
         }
         if result is not None:
             values["result"] = dict(result)
+        if script is None or only_if_active:
+            conditions = [sync_job.c.status.in_(ACTIVE)] if only_if_active else []
+            return self._update(job_id, values, *conditions)
         with self.engine.begin() as conn:
-            if script is None:
-                conn.execute(sa.update(sync_job).where(sync_job.c.id == job_id).values(**values))
-            else:
-                conn.execute(
-                    self._upsert({"id": job_id, "script": script, "createdAt": now, **values}, values)
-                )
+            stmt = self._upsert({"id": job_id, "script": script, "createdAt": now, **values}, values)
+            return conn.execute(stmt).first() is not None
+
+    def cancel(self, job_id: str) -> bool:
+        """What the admin's cancel does: an active row becomes FAILED with the cancel message."""
+        stmt = (
+            sa.update(sync_job)
+            .where(sync_job.c.id == job_id, sync_job.c.status.in_(ACTIVE))
+            .values(status=SyncJobStatus.FAILED, error=CANCEL_MESSAGE, completedAt=utcnow())
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount > 0
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -213,6 +253,43 @@ class SyncJobStore:
                 sa.select(sync_job).order_by(sync_job.c.createdAt.desc()).limit(limit)
             ).mappings()
             return [dict(r) for r in rows]
+
+    def active(self) -> list[dict[str, Any]]:
+        """PENDING and RUNNING rows."""
+        query = sa.select(sync_job).where(sync_job.c.status.in_(ACTIVE))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def cancelled_since(self, since: datetime) -> list[dict[str, Any]]:
+        query = sa.select(sync_job).where(
+            sync_job.c.status == SyncJobStatus.FAILED,
+            sync_job.c.error == CANCEL_MESSAGE,
+            sync_job.c.completedAt >= since,
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def last_runs(self) -> dict[str, dict[str, Any]]:
+        """The newest row of each script."""
+        newest = (
+            sa.select(sync_job.c.script, sa.func.max(sync_job.c.createdAt).label("created"))
+            .group_by(sync_job.c.script)
+            .subquery()
+        )
+        query = sa.select(sync_job).join(
+            newest,
+            sa.and_(sync_job.c.script == newest.c.script, sync_job.c.createdAt == newest.c.created),
+        )
+        with self.engine.connect() as conn:
+            return {r["script"]: dict(r) for r in conn.execute(query).mappings()}
+
+
+def flow_run_of(row: Mapping[str, Any]) -> str | None:
+    """The flow run a row belongs to, when the run has started."""
+    result = row.get("result")
+    if isinstance(result, str):  # SQLite may hand JSON back as text on raw reads
+        result = json.loads(result)
+    return result.get("flowRunId") if isinstance(result, dict) else None
 
 
 def get_store(settings: Settings | None = None) -> SyncJobStore:

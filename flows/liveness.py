@@ -1,0 +1,71 @@
+"""Which flow runs are alive on this machine: each run leaves a small file while it executes.
+
+If the process that ran a flow is killed with its machine's service (SIGKILL, OOM, reboot), Prefect
+still shows the run Running and no hook runs. The reconciler reads these files: a file whose
+process is gone means a dead run, known at once instead of after Prefect's heartbeat timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.settings import get_settings
+
+
+@dataclass(frozen=True)
+class RunFile:
+    flow_run_id: str
+    job_id: str
+    pid: int
+    started: str  # process start time (clock ticks since boot), guards against pid reuse
+    path: Path
+
+
+def runs_dir() -> Path:
+    return get_settings().home / "runs"
+
+
+def process_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+@contextmanager
+def registered(flow_run_id: str, job_id: str):
+    """Mark this process as running `flow_run_id` for as long as the block lasts."""
+    directory = runs_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{flow_run_id}.json"
+    pid = os.getpid()
+    path.write_text(
+        json.dumps({"flowRunId": flow_run_id, "jobId": job_id, "pid": pid, "started": process_start(pid)})
+    )
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def dead_runs() -> list[RunFile]:
+    """Runs whose process is gone without cleaning up."""
+    directory = runs_dir()
+    if not directory.is_dir():
+        return []
+    dead = []
+    for path in directory.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        run = RunFile(data["flowRunId"], data["jobId"], data["pid"], str(data["started"]), path)
+        if process_start(run.pid) != run.started:
+            dead.append(run)
+    return dead

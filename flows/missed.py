@@ -1,0 +1,58 @@
+"""Missed cron slots: after downtime a schedule runs once, not once per missed slot.
+
+Prefect runs every late scheduled run it finds (there is no "skip if late"). At the start of an
+auto-scheduled run we decide instead: if a newer slot of the same deployment is already due, this
+one is superseded; if this is the newest but its slot is older than the catch-up window
+(POLIGRAPH_CATCH_UP_WINDOW_SECONDS, default 1 h), it is too old. Either way it ends at once,
+Completed with the reason, without touching SyncJob (no work was done).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.runtime import flow_run
+
+from flows.settings import get_settings
+
+SCHEDULER_KEY_PREFIX = "scheduled "  # idempotency keys of runs made by Prefect's scheduler
+
+
+def is_scheduled(run: FlowRun) -> bool:
+    return bool(run.auto_scheduled or (run.idempotency_key or "").startswith(SCHEDULER_KEY_PREFIX))
+
+
+def missed_slot_reason(now: datetime | None = None) -> str | None:
+    """Why this run must not do its work, or None when it should."""
+    now = now or datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        me = client.read_flow_run(flow_run.id)
+        if not is_scheduled(me) or me.deployment_id is None or me.expected_start_time is None:
+            return None
+        if me.run_count > 1:  # a retry of a run that already started: not a missed slot
+            return None
+        mine = me.expected_start_time
+        newer = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[me.deployment_id]),
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=mine, before_=now),
+                id=FlowRunFilterId(not_any_=[me.id]),
+            ),
+            limit=50,
+        )
+    due = [run for run in newer if is_scheduled(run) and run.expected_start_time > mine]
+    if due:
+        latest = max(run.expected_start_time for run in due)
+        return f"slot {mine.isoformat()} superseded by the newer missed slot {latest.isoformat()}"
+    window = timedelta(seconds=get_settings().catch_up_window_seconds)
+    if now - mine > window:
+        return f"slot {mine.isoformat()} missed by more than the catch-up window ({window})"
+    return None

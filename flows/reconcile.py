@@ -1,0 +1,175 @@
+"""Keep SyncJob rows and flow runs in agreement, whatever happened to the processes.
+
+Three passes, run by a thread of the serving process (`deployments.serve`) or alone
+(`python -m flows.reconcile`):
+
+* cancel: a row the admin (or `poligraph-jobs cancel`) flipped to FAILED with the cancel message
+  while its flow run still runs → the flow run is cancelled in Prefect, which stops the process
+  and its script's process group;
+* dead local runs: a run whose process died on this machine (its run file stays behind) → the
+  flow run is marked Crashed and its row FAILED;
+* states: an active row whose flow run is Crashed, Cancelled, Failed or gone → FAILED with the
+  reason. Runs waiting for a concurrency slot longer than a bound are logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelling, Crashed
+
+from deployments.catalog import get_catalog
+from flows.alerts import alert_failure
+from flows.liveness import dead_runs
+from flows.settings import get_settings
+from flows.syncjob import SyncJobStore, flow_run_of, get_store, utcnow
+
+log = logging.getLogger("poligraph.reconcile")
+ENDED_BADLY = {
+    StateType.CRASHED: "a planté (Crashed)",
+    StateType.CANCELLED: "a été annulé",
+    StateType.FAILED: "a échoué",
+}
+FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+
+
+class Reconciler:
+    def __init__(self, store: SyncJobStore | None = None) -> None:
+        self.store = store or get_store()
+        self.settings = get_settings()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cancel_requested: set[str] = set()
+
+    # --- passes --------------------------------------------------------------------------
+    def cancel_pass(self, client: SyncPrefectClient) -> list[str]:
+        """Cancel the flow runs of cancelled rows; return the flow run ids asked to cancel."""
+        asked = []
+        since = utcnow() - timedelta(hours=6)
+        for row in self.store.cancelled_since(since):
+            run_id = flow_run_of(row)
+            if not run_id or run_id in self._cancel_requested:
+                continue
+            state = _state_of(client, run_id)
+            if state is None or state.type in FINAL or state.name == "Cancelling":
+                self._cancel_requested.add(run_id)
+                continue
+            client.set_flow_run_state(
+                UUID(run_id), Cancelling(message="cancelled from the admin"), force=True
+            )
+            self._cancel_requested.add(run_id)
+            asked.append(run_id)
+            log.info("SyncJob %s cancelled: cancelling flow run %s", row["id"], run_id)
+        return asked
+
+    def dead_local_runs_pass(self, client: SyncPrefectClient) -> list[str]:
+        """Runs of this machine whose process died: Crashed in Prefect, FAILED in the row."""
+        failed = []
+        for run in dead_runs():
+            reason = (
+                "Le processus qui exécutait ce run est mort (service arrêté, machine "
+                "redémarrée ou mémoire épuisée)."
+            )
+            state = _state_of(client, run.flow_run_id)
+            if state is not None and state.type not in FINAL:
+                client.set_flow_run_state(UUID(run.flow_run_id), Crashed(message=reason), force=True)
+            if self.store.mark_failed(run.job_id, reason, only_if_active=True):
+                failed.append(run.job_id)
+                self._alert(run.job_id, run.flow_run_id, reason)
+            run.path.unlink(missing_ok=True)
+        return failed
+
+    def states_pass(self, client: SyncPrefectClient) -> list[str]:
+        """Active rows whose flow run ended badly or disappeared → FAILED with the reason."""
+        failed = []
+        slot_wait = timedelta(seconds=self.settings.slot_wait_warning_seconds)
+        for row in self.store.active():
+            run_id = flow_run_of(row)
+            if not run_id:
+                continue  # not started yet: the admin's own sweep covers rows that never start
+            try:
+                run = client.read_flow_run(UUID(run_id))
+            except ObjectNotFound:
+                reason = f"Le run Prefect {run_id} n'existe plus."
+            else:
+                state = run.state
+                if state is None or state.type not in ENDED_BADLY:
+                    if (
+                        state is not None
+                        and state.name == "AwaitingConcurrencySlot"
+                        and (utcnow() - state.timestamp.replace(tzinfo=None) > slot_wait)
+                    ):
+                        log.warning(
+                            "flow run %s waits for a concurrency slot since %s", run_id, state.timestamp
+                        )
+                    continue
+                reason = f"Le run Prefect {ENDED_BADLY[state.type]} : {state.message or state.name}"
+            if self.store.mark_failed(row["id"], reason, only_if_active=True):
+                failed.append(row["id"])
+                self._alert(row["id"], run_id, reason, script=row["script"])
+                log.info("SyncJob %s → FAILED: %s", row["id"], reason)
+        return failed
+
+    def run_once(self) -> dict[str, list[str]]:
+        with get_client(sync_client=True) as client:
+            return {
+                "cancelled": self.cancel_pass(client),
+                "dead": self.dead_local_runs_pass(client),
+                "failed": self.states_pass(client),
+            }
+
+    def _alert(self, job_id: str, flow_run_id: str, reason: str, script: str | None = None) -> None:
+        if script is None:
+            row = self.store.get(job_id)
+            script = row["script"] if row else None
+        try:
+            critical = script is not None and get_catalog().script(script).critical
+        except KeyError:
+            critical = False
+        if critical:
+            alert_failure(script, job_id, flow_run_id, reason)
+
+    # --- loop ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.run_once()
+            except Exception:  # Prefect or the database may be away: next pass
+                log.exception("reconcile pass failed")
+            elapsed = time.monotonic() - started
+            self._stop.wait(max(0.0, self.settings.reconcile_interval_seconds - elapsed))
+
+
+def _state_of(client: SyncPrefectClient, run_id: str) -> Any:
+    try:
+        return client.read_flow_run(UUID(run_id)).state
+    except ObjectNotFound:
+        return None
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    reconciler = Reconciler()
+    reconciler._loop()
+
+
+if __name__ == "__main__":
+    main()
