@@ -23,6 +23,7 @@ class RunFile:
     pid: int
     started: str  # process start time (clock ticks since boot), guards against pid reuse
     path: Path
+    script_groups: tuple[int, ...] = ()  # process groups of the scripts it started
 
 
 def runs_dir() -> Path:
@@ -54,6 +55,17 @@ def registered(flow_run_id: str, job_id: str):
         path.unlink(missing_ok=True)
 
 
+def note_script_group(flow_run_id: str, pgid: int) -> None:
+    """Remember a script's process group, so it can be killed if this process dies first."""
+    path = runs_dir() / f"{flow_run_id}.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # a run without a file (tests calling the task alone): nothing to note
+    data["scriptGroups"] = [*data.get("scriptGroups", []), pgid][-5:]
+    path.write_text(json.dumps(data))
+
+
 def dead_runs() -> list[RunFile]:
     """Runs whose process is gone without cleaning up."""
     directory = runs_dir()
@@ -65,7 +77,14 @@ def dead_runs() -> list[RunFile]:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        run = RunFile(data["flowRunId"], data["jobId"], data["pid"], str(data["started"]), path)
+        run = RunFile(
+            data["flowRunId"],
+            data["jobId"],
+            data["pid"],
+            str(data["started"]),
+            path,
+            tuple(data.get("scriptGroups", ())),
+        )
         if process_start(run.pid) != run.started:
             dead.append(run)
     return dead

@@ -46,6 +46,7 @@ def run_process(
     env: Mapping[str, str] | None = None,
     kill_grace_seconds: float = 10.0,
     tail_lines: int = 30,
+    on_start: Callable[[int], None] | None = None,
 ) -> ProcessOutcome:
     """Run `argv` (no shell) until it exits or `timeout_seconds` pass; never leave a survivor."""
     started = time.monotonic()
@@ -58,6 +59,8 @@ def run_process(
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: killpg reaches every descendant
     )
+    if on_start is not None:
+        on_start(proc.pid)  # the process group id, as the child leads its own session
     lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
     readers = [
         threading.Thread(target=_pump, args=(proc.stdout, "stdout", lines), daemon=True),
@@ -142,6 +145,12 @@ def kill_process_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> N
     while _group_alive(pgid) and time.monotonic() < end:
         _signal_group(pgid, signal.SIGKILL)
         time.sleep(0.05)
+
+
+def kill_group_now(pgid: int) -> None:
+    """SIGKILL a process group left behind by a dead run (nothing is left to stop it politely)."""
+    if _group_alive(pgid):
+        _signal_group(pgid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

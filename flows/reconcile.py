@@ -29,6 +29,7 @@ from prefect.states import Cancelling, Crashed
 from deployments.catalog import get_catalog
 from flows.alerts import alert_failure
 from flows.liveness import dead_runs
+from flows.process import kill_group_now
 from flows.settings import get_settings
 from flows.syncjob import SyncJobStore, flow_run_of, get_store, utcnow
 
@@ -81,6 +82,8 @@ class Reconciler:
             state = _state_of(client, run.flow_run_id)
             if state is not None and state.type not in FINAL:
                 client.set_flow_run_state(UUID(run.flow_run_id), Crashed(message=reason), force=True)
+            for pgid in run.script_groups:  # scripts run in their own session: they outlive it
+                kill_group_now(pgid)
             if self.store.mark_failed(run.job_id, reason, only_if_active=True):
                 failed.append(run.job_id)
                 self._alert(run.job_id, run.flow_run_id, reason)

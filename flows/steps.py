@@ -7,9 +7,10 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 from prefect.concurrency.sync import concurrency
-from prefect.runtime import task_run
+from prefect.runtime import flow_run, task_run
 
 from deployments.plans import PlannedStep
+from flows.liveness import note_script_group
 from flows.process import run_process
 from flows.progress import parse_progress
 from flows.settings import Settings, get_settings
@@ -68,6 +69,7 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
             cwd=settings.script_cwd(),
             kill_grace_seconds=settings.kill_grace_seconds,
             tail_lines=settings.tail_lines,
+            on_start=lambda pgid: note_script_group(str(flow_run.id), pgid),
         )
     tracker.flush()
     attempt = task_run.run_count or 1

@@ -232,6 +232,19 @@ class SyncJobStore:
             stmt = self._upsert({"id": job_id, "script": script, "createdAt": now, **values}, values)
             return conn.execute(stmt).first() is not None
 
+    def create_pending(self, job_id: str, script: str) -> None:
+        """What the admin's POST /api/admin/syncs inserts before sending the event."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(sync_job).values(
+                    id=job_id,
+                    script=script,
+                    status=SyncJobStatus.PENDING,
+                    progress=0,
+                    createdAt=utcnow(),
+                )
+            )
+
     def cancel(self, job_id: str) -> bool:
         """What the admin's cancel does: an active row becomes FAILED with the cancel message."""
         stmt = (
