@@ -47,6 +47,8 @@ os.environ.update(
         "POLIGRAPH_SCRIPT_COMMAND": f"{{python}} {TESTS / 'stubs' / 'stub_script.py'} {{script}}",
         "POLIGRAPH_RETRY_DELAYS": "0",
         "POLIGRAPH_KILL_GRACE_SECONDS": "2",
+        "POLIGRAPH_RECONCILE_INTERVAL_SECONDS": "1",
+        "POLIGRAPH_ALERT_RETRY_DELAYS": "0,0",
         "STUB_DIR": str(STUB_ROOT),
     }
 )

@@ -137,3 +137,93 @@ def test_unchanged_inngest_client_event_completes_the_admin_job(stack):
 
     row = wait_for(completed, timeout=90, what="the admin's job to complete")
     assert row["startedAt"] is not None and row["result"]["total"] == 2
+
+
+# --- the operator CLI, as a new user runs it -----------------------------------------------------
+def cli(stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**stack["env"], "INNGEST_BASE_URL": stack["shim"], "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.trigger", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def rows(stack) -> list[dict]:
+    return SyncJobStore(engine_for(Settings(database_url=None, home=stack["home"]))).recent(500)
+
+
+def test_cli_trigger_wait_shows_progress_and_exits_0(stack):
+    done = cli(stack, "trigger", "sync:press", "--limit=5", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "Sent sync/press" in done.stdout and "COMPLETED" in done.stdout
+    job_id = done.stdout.split("SyncJob", 1)[1].split()[0]
+    row = next(r for r in rows(stack) if r["id"] == job_id)
+    assert row["status"] == "COMPLETED" and row["script"] == "press"
+    status = cli(stack, "status", job_id)
+    assert status.returncode == 0 and "COMPLETED" in status.stdout
+
+
+def test_cli_refuses_unknown_names_and_bad_flags_without_sending(stack):
+    before = len(rows(stack))
+    unknown = cli(stack, "trigger", "discover:afairs")
+    assert unknown.returncode == 2 and "sync/discover-affairs" in unknown.stderr
+    bad = cli(stack, "trigger", "sync-assemblee", "--bogus")
+    assert bad.returncode == 2 and "--bogus is not allowed" in bad.stderr
+    assert len(rows(stack)) == before
+
+
+def test_cli_list_shows_events_schedules_and_last_runs(stack):
+    listed = cli(stack, "list")
+    assert listed.returncode == 0
+    for text in (
+        "sync/discover-affairs",
+        "sync-group/sync-daily",
+        "0 5,11,19 * * * UTC",
+        "sync/sync-assemblee",
+    ):
+        assert text in listed.stdout
+
+
+def test_cli_cancel_stops_a_running_job(stack):
+    sent = cli(stack, "trigger", "sync:daily")
+    assert sent.returncode == 0, sent.stderr
+    job_id = sent.stdout.split("SyncJob", 1)[1].split()[0]
+    wait_for(lambda: next(r for r in rows(stack) if r["id"] == job_id)["status"] == "RUNNING", timeout=60)
+    cancelled = cli(stack, "cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    row = next(r for r in rows(stack) if r["id"] == job_id)
+    assert row["status"] == "FAILED" and row["error"] == "Annulé manuellement par l'administrateur"
+    run_id = row["result"]["flowRunId"]
+    wait_for(
+        lambda: httpx.get(f"{stack['api']}/flow_runs/{run_id}").json()["state"]["type"] == "CANCELLED",
+        timeout=30,
+        what="the flow run to be cancelled",
+    )
+    assert cli(stack, "cancel", job_id).returncode == 1  # no longer active
+
+
+def test_cli_wait_interrupted_exits_130_and_says_how_to_cancel(stack):
+    env = {**stack["env"], "INNGEST_BASE_URL": stack["shim"]}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.trigger", "trigger", "sync:daily", "--wait"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(
+        lambda: any(r["script"] == "sync-daily" and r["status"] == "RUNNING" for r in rows(stack)),
+        timeout=60,
+        what="the daily job to run",
+    )
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "poligraph-jobs cancel" in err
+    job_id = out.split("SyncJob", 1)[1].split()[0]
+    assert cli(stack, "cancel", job_id).returncode == 0

@@ -1,0 +1,239 @@
+"""Operator guarantees: a cancel stops the work, no row stays RUNNING after its run died,
+failures of critical scripts are announced, missed cron slots run once at most.
+
+Runs go through a real `python -m deployments.serve` (with its reconciler thread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from conftest import (
+    STATE,
+    deployment_ready,
+    flow_run_state,
+    insert_pending,
+    process_alive,
+    run_async,
+    start_serve,
+    stop_serve,
+    wait_for,
+)
+from prefect.client.orchestration import get_client
+from prefect.states import Crashed, Scheduled
+
+from deployments.catalog import get_catalog
+from deployments.specs import deployment_specs
+from flows.reconcile import Reconciler
+from flows.settings import reload_settings
+from flows.syncjob import CANCEL_MESSAGE, job_id_for_flow_run
+
+
+class Serving:
+    def __init__(self) -> None:
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = start_serve({}, "serve-operator.log")
+        for spec in deployment_specs(get_catalog()):
+            wait_for(deployment_ready(spec.full_name), timeout=60, what=spec.full_name)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_serve(self.proc)
+
+
+@pytest.fixture(scope="module")
+def serving(prefect_api, pg_url):
+    serving = Serving()
+    serving.start()
+    yield serving
+    serving.stop()
+
+
+def create_run(full_name: str, state=None, idempotency_key: str | None = None, **parameters):
+    async def create():
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(full_name)
+            run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters=parameters, state=state, idempotency_key=idempotency_key
+            )
+            return run.id
+
+    return run_async(create())
+
+
+def final_state(run_id, timeout=90):
+    return wait_for(
+        lambda: (s := flow_run_state(run_id)) and s.is_final() and s,
+        timeout=timeout,
+        what=f"flow run {run_id} to end",
+    )
+
+
+# --- cancel ---------------------------------------------------------------------------------------
+def test_admin_cancel_stops_the_script_within_seconds_and_stays(serving, store, stubs):
+    stubs.configure("long", sleep=120, grandchild=True)
+    insert_pending(store, "ccancelop0000000000000001", "long")
+    run = create_run("sync-script/long", job_id="ccancelop0000000000000001")
+    wait_for(lambda: stubs.pids("long"), timeout=60, what="the script to start")
+    pids = stubs.pids("long") + [c["pid"] for c in stubs.events("long", "start")]
+    assert store.cancel("ccancelop0000000000000001")  # exactly what PATCH /api/admin/syncs/<id> does
+    wait_for(lambda: not [p for p in pids if process_alive(p)], timeout=20, what="the script to die")
+    assert final_state(run).is_cancelled()
+    row = store.get("ccancelop0000000000000001")
+    assert row["status"] == "FAILED" and row["error"] == CANCEL_MESSAGE  # not overwritten
+
+
+def test_a_row_cancelled_before_its_run_starts_runs_nothing(serving, store, stubs):
+    insert_pending(store, "ccancelearly0000000000001", "gamma")
+    assert store.cancel("ccancelearly0000000000001")
+    run = create_run("sync-script/gamma", job_id="ccancelearly0000000000001")
+    assert final_state(run).is_cancelled()
+    assert stubs.events() == []
+    assert store.get("ccancelearly0000000000001")["error"] == CANCEL_MESSAGE
+
+
+def test_the_admins_stale_sweep_does_not_stop_a_run(serving, store, stubs):
+    stubs.configure("alpha", sleep=3)
+    insert_pending(store, "csweep0000000000000000001", "alpha")
+    run = create_run("sync-script/alpha", job_id="csweep0000000000000000001")
+    wait_for(lambda: stubs.starts("alpha"), timeout=60, what="alpha to start")
+    store.mark_failed("csweep0000000000000000001", "Timeout : job bloqué depuis plus de 30 minutes")
+    assert final_state(run).is_completed()
+    assert store.get("csweep0000000000000000001")["status"] == "COMPLETED"
+
+
+# --- reconciler -----------------------------------------------------------------------------------
+def test_rows_of_crashed_or_vanished_runs_are_failed(serving, store, stubs):
+    stubs.configure("gamma", sleep=0.1)
+    run = create_run("sync-script/gamma")
+    assert final_state(run).is_completed()
+    crashed_job = "creconcile000000000000001"
+    store.mark_running(crashed_job, "gamma", str(run))  # a row that still says RUNNING
+
+    async def crash():
+        async with get_client() as client:
+            await client.set_flow_run_state(run, Crashed(message="worker killed"), force=True)
+
+    run_async(crash())
+    store.mark_running("creconcilegone00000000001", "gamma", str(uuid.uuid4()))
+    result = Reconciler(store).run_once()
+    assert {"creconcile000000000000001", "creconcilegone00000000001"} <= set(result["failed"])
+    assert "Crashed" in store.get(crashed_job)["error"] and "worker killed" in store.get(crashed_job)["error"]
+    assert "n'existe plus" in store.get("creconcilegone00000000001")["error"]
+
+
+# --- alerts ---------------------------------------------------------------------------------------
+class Receiver(BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+    failures_left = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if Receiver.failures_left > 0:
+            Receiver.failures_left -= 1
+            self.send_response(500)
+        else:
+            Receiver.bodies.append(body)
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook():
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    Receiver.bodies, Receiver.failures_left = [], 1  # the first attempt fails: retried
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    os.environ["POLIGRAPH_ALERT_WEBHOOK_URL"] = f"http://127.0.0.1:{server.server_port}/hook"
+    reload_settings()
+    yield Receiver
+    os.environ.pop("POLIGRAPH_ALERT_WEBHOOK_URL")
+    reload_settings()
+    server.shutdown()
+
+
+def test_a_critical_script_failing_for_good_is_announced(store, stubs, webhook, prefect_api):
+    from flows.sync_script import sync_script
+
+    stubs.configure("vital", fail_times=9, stderr="upstream is down")
+    stubs.configure("broken", fail_times=9)
+    state = sync_script(script="vital", return_state=True)
+    sync_script(script="broken", return_state=True)  # not critical: no alert
+    assert state.is_failed()
+    (body,) = webhook.bodies
+    assert body["event"] == "sync.failed" and body["script"] == "vital" and body["status"] == "FAILED"
+    assert body["jobId"] == job_id_for_flow_run(str(state.state_details.flow_run_id))
+    assert body["flowRunId"] == str(state.state_details.flow_run_id)
+    assert "upstream is down" in body["error"] and body["timestamp"]
+
+
+def test_no_webhook_configured_sends_nothing(store, stubs, prefect_api):
+    from flows.alerts import alert_failure
+
+    assert alert_failure("vital", "cjob", None, "boom") is False
+
+
+# --- missed cron slots ----------------------------------------------------------------------------
+def late_slot(minutes_ago: int, tag: str, script: str = "gamma"):
+    when = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return create_run(
+        f"sync-script/{script}",
+        state=Scheduled(scheduled_time=when),
+        idempotency_key=f"scheduled test-{tag} {when.isoformat()}",
+    )
+
+
+def test_missed_slots_run_once_after_downtime(serving, store, stubs):
+    stubs.configure("gamma", sleep=0.1)
+    runs = [late_slot(m, "once") for m in (50, 40, 30)]
+    states = [final_state(run) for run in runs]
+    assert all(s.is_completed() for s in states)
+    assert stubs.starts("gamma") == 1
+    skipped = [s for s in states if (s.message or "").startswith("skipped")]
+    assert len(skipped) == 2 and all("superseded" in s.message for s in skipped)
+
+
+def test_missed_slots_older_than_the_window_do_not_run(serving, store, stubs):
+    runs = [late_slot(m, "old", script="flaky") for m in (180, 120)]
+    states = [final_state(run) for run in runs]
+    assert stubs.starts("flaky") == 0
+    assert all((s.message or "").startswith("skipped") for s in states)
+    assert any("catch-up window" in s.message for s in states)
+
+
+# --- a dead serving process -----------------------------------------------------------------------
+def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(serving, store, stubs):
+    stubs.configure("long", sleep=120, grandchild=True)
+    insert_pending(store, "ckilled000000000000000001", "long")
+    create_run("sync-script/long", job_id="ckilled000000000000000001")
+    wait_for(lambda: stubs.pids("long"), timeout=60, what="the script to start")
+    script_pids = stubs.pids("long") + [c["pid"] for c in stubs.events("long", "start")]
+    run_files = list((STATE / "home" / "runs").glob("*.json"))
+    flow_pids = [json.loads(p.read_text())["pid"] for p in run_files]
+    for pid in [serving.proc.pid, *flow_pids]:  # the service dies: serve and its flow process
+        os.kill(pid, signal.SIGKILL)
+    serving.proc.wait()
+    assert store.get("ckilled000000000000000001")["status"] == "RUNNING"
+
+    serving.start()
+    row = wait_for(
+        lambda: (r := store.get("ckilled000000000000000001"))["status"] == "FAILED" and r,
+        timeout=60,
+        what="the row to be failed after the restart",
+    )
+    assert "processus" in row["error"]
+    wait_for(
+        lambda: not [p for p in script_pids if process_alive(p)], timeout=20, what="orphan scripts killed"
+    )
