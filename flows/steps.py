@@ -18,6 +18,7 @@ from flows.syncjob import get_store
 from flows.tracking import ProgressTracker
 
 MAX_LOG_LINE = 10_000
+SLOT_LEASE_SECONDS = 60
 STDERR_LINES_IN_ERROR = 15
 
 
@@ -60,7 +61,11 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
             logger.info(line)
 
     # strict: a missing limit is an error, never an unprotected run (prefect-notes §7.1).
-    with concurrency(script_limit_name(step.script), occupy=1, strict=True):
+    # lease_duration at Prefect's minimum: the lease is renewed while we hold it, and the slot of
+    # a process killed outright (no release) frees itself within a minute instead of five.
+    with concurrency(
+        script_limit_name(step.script), occupy=1, strict=True, lease_duration=SLOT_LEASE_SECONDS
+    ):
         logger.info("$ %s (timeout %ss)", " ".join(argv), int(step.timeout_seconds))
         outcome = run_process(
             argv,

@@ -215,11 +215,11 @@ def test_missed_slots_older_than_the_window_do_not_run(serving, store, stubs):
 
 # --- a dead serving process -----------------------------------------------------------------------
 def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(serving, store, stubs):
-    stubs.configure("long", sleep=120, grandchild=True)
-    insert_pending(store, "ckilled000000000000000001", "long")
-    create_run("sync-script/long", job_id="ckilled000000000000000001")
-    wait_for(lambda: stubs.pids("long"), timeout=60, what="the script to start")
-    script_pids = stubs.pids("long") + [c["pid"] for c in stubs.events("long", "start")]
+    stubs.configure("orphan", sleep=120, grandchild=True)
+    insert_pending(store, "ckilled000000000000000001", "orphan")
+    create_run("sync-script/orphan", job_id="ckilled000000000000000001")
+    wait_for(lambda: stubs.pids("orphan"), timeout=60, what="the script to start")
+    script_pids = stubs.pids("orphan") + [c["pid"] for c in stubs.events("orphan", "start")]
     run_files = list((STATE / "home" / "runs").glob("*.json"))
     flow_pids = [json.loads(p.read_text())["pid"] for p in run_files]
     for pid in [serving.proc.pid, *flow_pids]:  # the service dies: serve and its flow process
