@@ -10,6 +10,7 @@ import logging
 import re
 
 from deployments.catalog import get_catalog
+from flows.alerts import alert_failure
 from flows.syncjob import get_store, job_id_for_flow_run
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,22 @@ def failure_message(state) -> str:
 def mark_job_failed(flow, flow_run, state) -> None:
     parameters = dict(flow_run.parameters or {})
     job_id = parameters.get("job_id") or job_id_for_flow_run(str(flow_run.id))
+    script = row_script(parameters)
+    message = failure_message(state)
     try:
-        get_store().mark_failed(job_id, failure_message(state), script=row_script(parameters))
+        get_store().mark_failed(job_id, message, script=script)
+        # step failures alert where they happen (execution.py); a crash never reaches a step
+        if state.is_crashed() and script and _is_critical(script):
+            alert_failure(script, job_id, str(flow_run.id), message)
     except Exception:  # a hook must not mask the run's own state
         log.exception("could not mark SyncJob %s failed", job_id)
+
+
+def _is_critical(script: str) -> bool:
+    try:
+        return get_catalog().script(script).critical
+    except KeyError:
+        return False
 
 
 FAILURE_HOOKS = {

@@ -17,11 +17,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterExpectedStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateName,
+)
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelling, Crashed
@@ -93,7 +99,6 @@ class Reconciler:
     def states_pass(self, client: SyncPrefectClient) -> list[str]:
         """Active rows whose flow run ended badly or disappeared → FAILED with the reason."""
         failed = []
-        slot_wait = timedelta(seconds=self.settings.slot_wait_warning_seconds)
         for row in self.store.active():
             run_id = flow_run_of(row)
             if not run_id:
@@ -105,14 +110,6 @@ class Reconciler:
             else:
                 state = run.state
                 if state is None or state.type not in ENDED_BADLY:
-                    if (
-                        state is not None
-                        and state.name == "AwaitingConcurrencySlot"
-                        and (utcnow() - state.timestamp.replace(tzinfo=None) > slot_wait)
-                    ):
-                        log.warning(
-                            "flow run %s waits for a concurrency slot since %s", run_id, state.timestamp
-                        )
                     continue
                 reason = f"Le run Prefect {ENDED_BADLY[state.type]} : {state.message or state.name}"
             if self.store.mark_failed(row["id"], reason, only_if_active=True):
@@ -121,12 +118,32 @@ class Reconciler:
                 log.info("SyncJob %s → FAILED: %s", row["id"], reason)
         return failed
 
+    def slot_wait_pass(self, client: SyncPrefectClient) -> list[str]:
+        """Log runs kept waiting for a deployment concurrency slot beyond the bound."""
+        bound = timedelta(seconds=self.settings.slot_wait_warning_seconds)
+        waiting = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["AwaitingConcurrencySlot"])),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(UTC) - bound),
+            ),
+            limit=50,
+        )
+        for run in waiting:
+            log.warning(
+                "flow run %s (%s) waits for a concurrency slot since %s",
+                run.id,
+                run.name,
+                run.expected_start_time,
+            )
+        return [str(run.id) for run in waiting]
+
     def run_once(self) -> dict[str, list[str]]:
         with get_client(sync_client=True) as client:
             return {
                 "cancelled": self.cancel_pass(client),
                 "dead": self.dead_local_runs_pass(client),
                 "failed": self.states_pass(client),
+                "waiting": self.slot_wait_pass(client),
             }
 
     def _alert(self, job_id: str, flow_run_id: str, reason: str, script: str | None = None) -> None:

@@ -237,3 +237,25 @@ def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(s
     wait_for(
         lambda: not [p for p in script_pids if process_alive(p)], timeout=20, what="orphan scripts killed"
     )
+
+
+def test_runs_kept_waiting_for_a_slot_are_reported(prefect_api, store, caplog):
+    from prefect.client.orchestration import get_client as get_sync_client
+    from prefect.states import Cancelled
+
+    from flows.sync_script import sync_script
+
+    since = datetime.now(UTC) - timedelta(hours=2)
+    with get_sync_client(sync_client=True) as client:
+        run = client.create_flow_run(
+            sync_script,
+            parameters={"script": "gamma"},
+            state=Scheduled(scheduled_time=since).model_copy(update={"name": "AwaitingConcurrencySlot"}),
+        )
+        try:
+            with caplog.at_level("WARNING", logger="poligraph.reconcile"):
+                waiting = Reconciler(store).slot_wait_pass(client)
+        finally:
+            client.set_flow_run_state(run.id, Cancelled(), force=True)
+    assert str(run.id) in waiting
+    assert f"flow run {run.id}" in caplog.text and "waits for a concurrency slot" in caplog.text
