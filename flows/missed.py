@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterExpectedStartTime,
     FlowRunFilterId,
 )
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.runtime import flow_run
 
 from flows.settings import get_settings
@@ -30,28 +30,51 @@ def is_scheduled(run: FlowRun) -> bool:
     return bool(run.auto_scheduled or (run.idempotency_key or "").startswith(SCHEDULER_KEY_PREFIX))
 
 
+def original_slot(client, run: FlowRun) -> datetime | None:
+    """The time a scheduled run was planned for.
+
+    Not `expected_start_time`: a run re-proposed while waiting for a concurrency slot gets a new
+    one. The first Scheduled state keeps the slot.
+    """
+    states = [
+        s
+        for s in client.read_flow_run_states(run.id)
+        if s.type == StateType.SCHEDULED and s.state_details.scheduled_time
+    ]
+    if not states:
+        return run.expected_start_time
+    return min(states, key=lambda s: s.timestamp).state_details.scheduled_time
+
+
 def missed_slot_reason(now: datetime | None = None) -> str | None:
     """Why this run must not do its work, or None when it should."""
     now = now or datetime.now(UTC)
     with get_client(sync_client=True) as client:
         me = client.read_flow_run(flow_run.id)
-        if not is_scheduled(me) or me.deployment_id is None or me.expected_start_time is None:
+        if not is_scheduled(me) or me.deployment_id is None:
             return None
         if me.run_count > 1:  # a retry of a run that already started: not a missed slot
             return None
-        mine = me.expected_start_time
-        newer = client.read_flow_runs(
+        mine = original_slot(client, me)
+        if mine is None:
+            return None
+        # expected start times only move later, so every newer slot is among these
+        candidates = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 deployment_id=FlowRunFilterDeploymentId(any_=[me.deployment_id]),
-                expected_start_time=FlowRunFilterExpectedStartTime(after_=mine, before_=now),
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=mine),
                 id=FlowRunFilterId(not_any_=[me.id]),
             ),
             limit=50,
         )
-    due = [run for run in newer if is_scheduled(run) and run.expected_start_time > mine]
-    if due:
-        latest = max(run.expected_start_time for run in due)
-        return f"slot {mine.isoformat()} superseded by the newer missed slot {latest.isoformat()}"
+        newer = [
+            slot
+            for run in candidates
+            if is_scheduled(run)
+            if (slot := original_slot(client, run)) is not None and mine < slot <= now
+        ]
+    if newer:
+        return f"slot {mine.isoformat()} superseded by the newer missed slot {max(newer).isoformat()}"
     window = timedelta(seconds=get_settings().catch_up_window_seconds)
     if now - mine > window:
         return f"slot {mine.isoformat()} missed by more than the catch-up window ({window})"

@@ -41,6 +41,7 @@ os.environ.update(
         "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
         "POLIGRAPH_HOME": str(STATE / "home"),
         "POLIGRAPH_CATALOG": str(TESTS / "catalog.yaml"),

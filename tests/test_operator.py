@@ -198,7 +198,7 @@ def late_slot(minutes_ago: int, tag: str, script: str = "gamma"):
 def test_missed_slots_run_once_after_downtime(serving, store, stubs):
     stubs.configure("gamma", sleep=0.1)
     runs = [late_slot(m, "once") for m in (50, 40, 30)]
-    states = [final_state(run) for run in runs]
+    states = [final_state(run, timeout=180) for run in runs]
     assert all(s.is_completed() for s in states)
     assert stubs.starts("gamma") == 1
     skipped = [s for s in states if (s.message or "").startswith("skipped")]
@@ -207,7 +207,7 @@ def test_missed_slots_run_once_after_downtime(serving, store, stubs):
 
 def test_missed_slots_older_than_the_window_do_not_run(serving, store, stubs):
     runs = [late_slot(m, "old", script="flaky") for m in (180, 120)]
-    states = [final_state(run) for run in runs]
+    states = [final_state(run, timeout=180) for run in runs]
     assert stubs.starts("flaky") == 0
     assert all((s.message or "").startswith("skipped") for s in states)
     assert any("catch-up window" in s.message for s in states)
