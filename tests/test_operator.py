@@ -195,22 +195,22 @@ def late_slot(minutes_ago: int, tag: str, script: str = "gamma"):
     )
 
 
-def test_missed_slots_run_once_after_downtime(serving, store, stubs):
+def test_after_downtime_missed_slots_run_once_and_not_when_too_old(serving, store, stubs):
     stubs.configure("gamma", sleep=0.1)
-    runs = [late_slot(m, "once") for m in (50, 40, 30)]
-    states = [final_state(run, timeout=180) for run in runs]
-    assert all(s.is_completed() for s in states)
-    assert stubs.starts("gamma") == 1
-    skipped = [s for s in states if (s.message or "").startswith("skipped")]
-    assert len(skipped) == 2 and all("superseded" in s.message for s in skipped)
+    serving.stop()  # downtime: the slots below are missed while nothing serves the deployments
+    recent = [late_slot(m, "once") for m in (50, 40, 30)]
+    too_old = [late_slot(m, "old", script="flaky") for m in (180, 120)]
+    serving.start()
+    recent_states = [final_state(run, timeout=180) for run in recent]
+    old_states = [final_state(run, timeout=180) for run in too_old]
 
-
-def test_missed_slots_older_than_the_window_do_not_run(serving, store, stubs):
-    runs = [late_slot(m, "old", script="flaky") for m in (180, 120)]
-    states = [final_state(run, timeout=180) for run in runs]
-    assert stubs.starts("flaky") == 0
-    assert all((s.message or "").startswith("skipped") for s in states)
-    assert any("catch-up window" in s.message for s in states)
+    assert all(s.is_completed() for s in recent_states + old_states)
+    assert stubs.starts("gamma") == 1  # once, for the newest slot
+    assert not (recent_states[2].message or "").startswith("skipped")
+    assert all("superseded" in (s.message or "") for s in recent_states[:2])
+    assert stubs.starts("flaky") == 0  # the newest missed slot is older than the 1 h window
+    assert "catch-up window" in (old_states[1].message or "")
+    assert "superseded" in (old_states[0].message or "")
 
 
 # --- a dead serving process -----------------------------------------------------------------------
