@@ -167,9 +167,11 @@ def process_alive(pid: int) -> bool:
 
 
 # --- Prefect ----------------------------------------------------------------------------------
-def start_prefect_server(port: int, home: Path, log_name: str) -> subprocess.Popen[bytes]:
+def start_prefect_server(
+    port: int, home: Path, log_name: str, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """`prefect server start` on 127.0.0.1:port with its own home; returns once healthy."""
-    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env = {**os.environ, "PREFECT_HOME": str(home), **(extra_env or {})}
     log = (STATE / log_name).open("ab")
     server = subprocess.Popen(
         [

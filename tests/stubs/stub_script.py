@@ -36,6 +36,15 @@ def previous_starts(stub_dir: Path, script: str) -> int:
     return sum(1 for c in lines if c["script"] == script and c["event"] == "start")
 
 
+def grandparent() -> int | None:
+    """The process that started our parent (a Prefect worker, when a worker runs the flow)."""
+    try:
+        stat = Path(f"/proc/{os.getppid()}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2 :].split()[1])
+
+
 def main() -> int:
     script, flags = sys.argv[1], sys.argv[2:]
     stub_dir = Path(os.environ["STUB_DIR"])
@@ -51,6 +60,7 @@ def main() -> int:
             "pid": os.getpid(),
             "time": time.time(),
             "attempt": attempt,
+            "gppid": grandparent(),
         },
     )
     if spec.get("ignore_term"):

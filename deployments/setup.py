@@ -1,0 +1,98 @@
+"""Production setup and roll-out, safe to run again:
+
+    python -m deployments.setup            # work pool + per-script concurrency limits
+    python -m deployments.setup --deploy   # ... then `prefect deploy --all` and prune what the
+                                           #     catalog no longer has
+
+Pruning: `prefect deploy` never removes a schedule dropped from prefect.yaml (an empty
+`schedules:` does not clear them, prefect-notes §2) nor a deployment renamed away. Every
+deployment tagged `poligraph` that the catalog does not name is deleted, and every schedule
+whose slug the catalog does not list is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+from prefect.exceptions import ObjectNotFound
+
+from deployments.catalog import get_catalog
+from deployments.concurrency import ensure_script_limits
+from deployments.models import Catalog
+from deployments.prefect_yaml import PREFECT_YAML, WORK_POOL
+from deployments.specs import deployment_specs
+from flows.settings import PACKAGE_ROOT
+
+
+async def ensure_work_pool(client: PrefectClient, name: str = WORK_POOL) -> bool:
+    """Create the process work pool if missing; True when it was created."""
+    try:
+        await client.read_work_pool(name)
+        return False
+    except ObjectNotFound:
+        await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        return True
+
+
+async def prune(client: PrefectClient, catalog: Catalog) -> list[str]:
+    """Delete stale deployments and schedules; return what was removed."""
+    specs = {spec.full_name: spec for spec in deployment_specs(catalog)}
+    flows = {flow.id: flow.name for flow in await client.read_flows()}
+    removed = []
+    deployments = await client.read_deployments(
+        deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=["poligraph"])), limit=200
+    )
+    for deployment in deployments:
+        full_name = f"{flows.get(deployment.flow_id, '?')}/{deployment.name}"
+        spec = specs.get(full_name)
+        if spec is None:
+            await client.delete_deployment(deployment.id)
+            removed.append(f"deployment {full_name}")
+            continue
+        wanted = {schedule.slug for schedule in spec.schedules}
+        for schedule in deployment.schedules:
+            if schedule.slug not in wanted:
+                await client.delete_deployment_schedule(deployment.id, schedule.id)
+                removed.append(f"schedule {schedule.slug or schedule.id} of {full_name}")
+    return removed
+
+
+async def setup(deploy: bool) -> None:
+    catalog = get_catalog()
+    async with get_client() as client:
+        created = await ensure_work_pool(client)
+        print(f"work pool {WORK_POOL}: {'created' if created else 'exists'}")
+    limits = await ensure_script_limits(catalog)
+    print(f"{len(limits)} per-script concurrency limits ready")
+    if not deploy:
+        return
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "--no-prompt",
+            "deploy",
+            "--all",
+            "--prefect-file",
+            str(PREFECT_YAML),
+        ],
+        cwd=PACKAGE_ROOT,
+        check=True,
+    )
+    async with get_client() as client:
+        for item in await prune(client, catalog):
+            print(f"removed {item}")
+
+
+def main() -> None:
+    asyncio.run(setup(deploy="--deploy" in sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

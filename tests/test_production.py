@@ -1,0 +1,193 @@
+"""Production mode, on one machine: Prefect server on PostgreSQL, the generated prefect.yaml
+deployed to a process work pool, two workers, two shim replicas sharing one outbox.
+
+A few dozen events spread over scripts (some sharing a script through sync/press) must each run
+exactly once, never two runs of one script at once, on both workers, every SyncJob COMPLETED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import httpx
+import psycopg
+import pytest
+from conftest import (
+    REPO,
+    STATE,
+    STUB_ROOT,
+    insert_pending,
+    start_prefect_server,
+    stop_process_group,
+    wait_for,
+)
+from shim_helpers import free_port
+
+from flows.syncjob import flow_run_of
+
+SCRIPTS = ["sync-assemblee", "sync-senat", "sync-press", "sync-press-analysis"]
+
+
+def production_env(api: str, pg_url: str, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "POLIGRAPH_CATALOG"}  # the real catalog
+    env.update(PREFECT_API_URL=api, DATABASE_URL=pg_url, **extra)
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+    log = (STATE / log_name).open("ab")
+    return subprocess.Popen(
+        args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+@pytest.fixture
+def prefect_on_postgres(pg_url):
+    database = f"prefect_{uuid.uuid4().hex[:8]}"
+    admin_url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    server_db = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{database}"
+    port = free_port()
+    server = start_prefect_server(
+        port,
+        STATE / f"{database}-home",
+        f"{database}.log",
+        {"PREFECT_SERVER_DATABASE_CONNECTION_URL": server_db},
+    )
+    yield f"http://127.0.0.1:{port}/api"
+    stop_process_group(server)
+
+
+def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_url, store, stubs):
+    api = prefect_on_postgres
+    schema = f"shim_{uuid.uuid4().hex[:8]}"
+    base = production_env(api, pg_url, {"STUB_DIR": str(STUB_ROOT), "POLIGRAPH_SHIM_SCHEMA": schema})
+    for script in SCRIPTS:
+        stubs.configure(script, sleep=0.5)
+
+    setup = subprocess.run(
+        [sys.executable, "-m", "deployments.setup", "--deploy"],
+        env=base,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
+    assert (REPO / "prefect.yaml").read_text() == _generated_prefect_yaml()  # deploy left it as is
+
+    workers = [
+        spawn(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "poligraph", "--limit", "4"],
+            {
+                **base,
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+                "POLIGRAPH_HOME": str(STATE / f"worker-{i}"),
+            },
+            f"worker-{i}.log",
+        )
+        for i in (1, 2)
+    ]
+    shim_ports = [free_port(), free_port()]
+    shims = [
+        spawn([sys.executable, "-m", "shim"], {**base, "POLIGRAPH_SHIM_PORT": str(port)}, f"shim-{port}.log")
+        for port in shim_ports
+    ]
+    try:
+        for port in shim_ports:
+            wait_for(lambda p=port: _healthy(p), timeout=60, what="a shim replica")
+        events = []
+        for _ in range(4):
+            for script in SCRIPTS:
+                events.append(("sync/" + script, f"c{uuid.uuid4().hex[:24]}", script))
+            events.append(("sync/press", f"c{uuid.uuid4().hex[:24]}", "press"))
+        for i, (name, job_id, row_script) in enumerate(events):
+            insert_pending(store, job_id, row_script)
+            body = [{"name": name, "data": {"jobId": job_id}}]
+            sent = httpx.post(
+                f"http://127.0.0.1:{shim_ports[i % 2]}/e/NO_EVENT_KEY_SET", content=json.dumps(body)
+            )
+            assert sent.json()["status"] == 200
+
+        def all_done() -> bool:
+            states = [store.get(job_id)["status"] for _, job_id, _ in events]
+            assert "FAILED" not in states, [
+                store.get(j)["error"] for _, j, _ in events if store.get(j)["error"]
+            ]
+            return all(s == "COMPLETED" for s in states)
+
+        wait_for(all_done, timeout=400, interval=1, what="every job to complete")
+    finally:
+        for proc in workers + shims:
+            stop_process_group(proc, timeout=40)
+
+    # exactly once: 4 runs per script alone, plus 4 press groups running sync-press + analysis
+    expected = {"sync-assemblee": 4, "sync-senat": 4, "sync-press": 8, "sync-press-analysis": 8}
+    assert {s: stubs.starts(s) for s in SCRIPTS} == expected
+    flow_runs = {flow_run_of(store.get(job_id)) for _, job_id, _ in events}
+    assert len(flow_runs) == len(events)
+    for script in SCRIPTS:  # never two runs of one script at once, across both workers
+        ordered = stubs.intervals(script)
+        assert all(b[0] >= a[1] for a, b in zip(ordered, ordered[1:], strict=False)), script
+    worker_pids = {w.pid for w in workers}
+    used = {e["gppid"] for e in stubs.events(event="start")} & worker_pids
+    assert used == worker_pids, "both workers should have run flows"
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _generated_prefect_yaml() -> str:
+    from deployments.models import load_catalog
+    from deployments.prefect_yaml import render
+    from flows.settings import DEFAULT_CATALOG
+
+    return render(load_catalog(DEFAULT_CATALOG))
+
+
+def test_rollout_prunes_renamed_deployments_and_removed_schedules(prefect_api):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from deployments.catalog import get_catalog
+    from deployments.serve import runner_deployment
+    from deployments.setup import prune
+    from deployments.specs import deployment_specs
+    from flows.sync_script import sync_script
+
+    catalog = get_catalog()
+    for spec in deployment_specs(catalog):
+        runner_deployment(spec).apply()
+    sync_script.to_deployment(name="renamed-away", tags=["poligraph"], parameters={"script": "alpha"}).apply()
+
+    async def scenario():
+        async with get_client() as client:
+            daily = await client.read_deployment_by_name("sync-group/daily")
+            extra = DeploymentScheduleCreate(
+                schedule=CronSchedule(cron="0 3 * * *", timezone="UTC"),
+                active=True,
+                slug="dropped-from-catalog",
+            )
+            await client.create_deployment_schedules(daily.id, [extra])
+            removed = await prune(client, catalog)
+            daily = await client.read_deployment_by_name("sync-group/daily")
+            names = [f"{d.name}" for d in await client.read_deployments(limit=200)]
+            return removed, [s.slug for s in daily.schedules], names
+
+    removed, slugs, names = asyncio.run(scenario())
+    assert "deployment sync-script/renamed-away" in removed
+    assert "schedule dropped-from-catalog of sync-group/daily" in removed
+    assert slugs == ["test-daily"] and "renamed-away" not in names
