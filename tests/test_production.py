@@ -80,6 +80,15 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
     )
     assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
     assert (REPO / "prefect.yaml").read_text() == _generated_prefect_yaml()  # deploy left it as is
+    again = subprocess.run(
+        [sys.executable, "-m", "deployments.setup"],
+        env=base,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0 and "work pool poligraph: exists" in again.stdout  # safe to repeat
 
     workers = [
         spawn(
