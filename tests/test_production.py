@@ -1,7 +1,7 @@
 """Production mode, on one machine: Prefect server on PostgreSQL, the generated prefect.yaml
 deployed to a process work pool, two workers, two shim replicas sharing one outbox.
 
-A few dozen events spread over scripts (some sharing a script through sync/press) must each run
+Twenty-five events spread over scripts (some sharing a script through sync/press) must each run
 exactly once, never two runs of one script at once, on both workers, every SyncJob COMPLETED.
 """
 
@@ -112,7 +112,7 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
         for port in shim_ports:
             wait_for(lambda p=port: _healthy(p), timeout=60, what="a shim replica")
         events = []
-        for _ in range(4):
+        for _ in range(5):
             for script in SCRIPTS:
                 events.append(("sync/" + script, f"c{uuid.uuid4().hex[:24]}", script))
             events.append(("sync/press", f"c{uuid.uuid4().hex[:24]}", "press"))
@@ -136,8 +136,8 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
         for proc in workers + shims:
             stop_process_group(proc, timeout=40)
 
-    # exactly once: 4 runs per script alone, plus 4 press groups running sync-press + analysis
-    expected = {"sync-assemblee": 4, "sync-senat": 4, "sync-press": 8, "sync-press-analysis": 8}
+    # exactly once: 5 runs per script alone, plus 5 press groups running sync-press + analysis
+    expected = {"sync-assemblee": 5, "sync-senat": 5, "sync-press": 10, "sync-press-analysis": 10}
     assert {s: stubs.starts(s) for s in SCRIPTS} == expected
     flow_runs = {flow_run_of(store.get(job_id)) for _, job_id, _ in events}
     assert len(flow_runs) == len(events)
