@@ -269,6 +269,30 @@ def flow_run_state(flow_run_id) -> Any:
     return run_async(read())
 
 
+def create_run(full_name: str, state=None, idempotency_key: str | None = None, **parameters):
+    """A flow run of deployment `flow/deployment`, as `prefect deployment run` makes one."""
+    from prefect.client.orchestration import get_client
+
+    async def create():
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(full_name)
+            run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters=parameters, state=state, idempotency_key=idempotency_key
+            )
+            return run.id
+
+    return run_async(create())
+
+
+def wait_final(flow_run_id, timeout: float = 90):
+    """The final state of a flow run, once it has one."""
+    return wait_for(
+        lambda: (state := flow_run_state(flow_run_id)) and state.is_final() and state,
+        timeout=timeout,
+        what=f"flow run {flow_run_id} to finish",
+    )
+
+
 def run_logs(flow_run_id) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId

@@ -17,13 +17,14 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from conftest import (
     STATE,
+    create_run,
     deployment_ready,
-    flow_run_state,
     insert_pending,
     process_alive,
     run_async,
     start_serve,
     stop_serve,
+    wait_final,
     wait_for,
 )
 from prefect.client.orchestration import get_client
@@ -58,26 +59,6 @@ def serving(prefect_api, pg_url):
     serving.stop()
 
 
-def create_run(full_name: str, state=None, idempotency_key: str | None = None, **parameters):
-    async def create():
-        async with get_client() as client:
-            deployment = await client.read_deployment_by_name(full_name)
-            run = await client.create_flow_run_from_deployment(
-                deployment.id, parameters=parameters, state=state, idempotency_key=idempotency_key
-            )
-            return run.id
-
-    return run_async(create())
-
-
-def final_state(run_id, timeout=90):
-    return wait_for(
-        lambda: (s := flow_run_state(run_id)) and s.is_final() and s,
-        timeout=timeout,
-        what=f"flow run {run_id} to end",
-    )
-
-
 # --- cancel ---------------------------------------------------------------------------------------
 def test_admin_cancel_stops_the_script_within_seconds_and_stays(serving, store, stubs):
     stubs.configure("long", sleep=120, grandchild=True)
@@ -87,7 +68,7 @@ def test_admin_cancel_stops_the_script_within_seconds_and_stays(serving, store, 
     pids = stubs.pids("long") + [c["pid"] for c in stubs.events("long", "start")]
     assert store.cancel("ccancelop0000000000000001")  # exactly what PATCH /api/admin/syncs/<id> does
     wait_for(lambda: not [p for p in pids if process_alive(p)], timeout=20, what="the script to die")
-    assert final_state(run).is_cancelled()
+    assert wait_final(run).is_cancelled()
     row = store.get("ccancelop0000000000000001")
     assert row["status"] == "FAILED" and row["error"] == CANCEL_MESSAGE  # not overwritten
 
@@ -96,7 +77,7 @@ def test_a_row_cancelled_before_its_run_starts_runs_nothing(serving, store, stub
     insert_pending(store, "ccancelearly0000000000001", "gamma")
     assert store.cancel("ccancelearly0000000000001")
     run = create_run("sync-script/gamma", job_id="ccancelearly0000000000001")
-    assert final_state(run).is_cancelled()
+    assert wait_final(run).is_cancelled()
     assert stubs.events() == []
     assert store.get("ccancelearly0000000000001")["error"] == CANCEL_MESSAGE
 
@@ -107,7 +88,7 @@ def test_the_admins_stale_sweep_does_not_stop_a_run(serving, store, stubs):
     run = create_run("sync-script/alpha", job_id="csweep0000000000000000001")
     wait_for(lambda: stubs.starts("alpha"), timeout=60, what="alpha to start")
     store.mark_failed("csweep0000000000000000001", "Timeout : job bloqué depuis plus de 30 minutes")
-    assert final_state(run).is_completed()
+    assert wait_final(run).is_completed()
     assert store.get("csweep0000000000000000001")["status"] == "COMPLETED"
 
 
@@ -115,7 +96,7 @@ def test_the_admins_stale_sweep_does_not_stop_a_run(serving, store, stubs):
 def test_rows_of_crashed_or_vanished_runs_are_failed(serving, store, stubs):
     stubs.configure("gamma", sleep=0.1)
     run = create_run("sync-script/gamma")
-    assert final_state(run).is_completed()
+    assert wait_final(run).is_completed()
     crashed_job = "creconcile000000000000001"
     store.mark_running(crashed_job, "gamma", str(run))  # a row that still says RUNNING
 
@@ -201,8 +182,8 @@ def test_after_downtime_missed_slots_run_once_and_not_when_too_old(serving, stor
     recent = [late_slot(m, "once") for m in (50, 40, 30)]
     too_old = [late_slot(m, "old", script="flaky") for m in (180, 120)]
     serving.start()
-    recent_states = [final_state(run, timeout=180) for run in recent]
-    old_states = [final_state(run, timeout=180) for run in too_old]
+    recent_states = [wait_final(run, timeout=180) for run in recent]
+    old_states = [wait_final(run, timeout=180) for run in too_old]
 
     assert all(s.is_completed() for s in recent_states + old_states)
     assert stubs.starts("gamma") == 1  # once, for the newest slot

@@ -7,17 +7,16 @@ the UI) that skips completed steps.
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from conftest import (
+    create_run,
     deployment_ready,
-    flow_run_state,
     insert_pending,
     process_alive,
     run_async,
     start_serve,
     stop_serve,
+    wait_final,
     wait_for,
 )
 from prefect.client.orchestration import get_client
@@ -37,24 +36,6 @@ def served(prefect_api, pg_url):
         yield proc
     finally:
         stop_serve(proc)
-
-
-def create_run(full_name: str, **parameters) -> uuid.UUID:
-    async def create():
-        async with get_client() as client:
-            deployment = await client.read_deployment_by_name(full_name)
-            run = await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
-            return run.id
-
-    return run_async(create())
-
-
-def wait_final(flow_run_id: uuid.UUID, timeout: float = 90):
-    return wait_for(
-        lambda: (state := flow_run_state(flow_run_id)) and state.is_final() and state,
-        timeout=timeout,
-        what=f"flow run {flow_run_id} to finish",
-    )
 
 
 def overlapping(intervals: list[tuple[float, float]]) -> list[tuple]:
