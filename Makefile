@@ -18,6 +18,7 @@ up: $(STAMP)
 	$(BIN)/python -m deployments.local_stack
 
 test: $(STAMP)
+	bash .ci/ensure-postgres
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
