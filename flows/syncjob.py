@@ -77,14 +77,11 @@ def sqlalchemy_url(database_url: str) -> str:
 
 @lru_cache(maxsize=8)
 def _engine(url: str) -> Engine:
-    engine = (
-        sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
-        if (not url.startswith("sqlite"))
-        else sa.create_engine(url)
-    )
     if url.startswith("sqlite"):
-        metadata.create_all(engine)  # embedded default only
-    return engine
+        engine = sa.create_engine(url)
+        metadata.create_all(engine)  # the embedded default only; Prisma owns the real table
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
 
 
 def engine_for(settings: Settings | None = None) -> Engine:

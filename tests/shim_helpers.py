@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import inngest
 import uvicorn
 
@@ -49,6 +52,35 @@ def running_shim(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def shim_healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_shim_process(env: dict[str, str], port: int, log_name: str) -> subprocess.Popen[bytes]:
+    """`python -m shim` on `port` in its own session; returns once it answers /health."""
+    from conftest import REPO, STATE, wait_for
+
+    log_path = STATE / log_name
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shim"],
+        env={**env, "POLIGRAPH_SHIM_PORT": str(port)},
+        cwd=REPO,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def ready() -> bool:
+        assert proc.poll() is None, log_path.read_text()[-2000:]
+        return shim_healthy(port)
+
+    wait_for(ready, timeout=60, what=f"the shim on port {port}")
+    return proc
 
 
 def sqlite_store(home: Path, **overrides) -> EventStore:

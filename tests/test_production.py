@@ -25,7 +25,7 @@ from conftest import (
     stop_process_group,
     wait_for,
 )
-from shim_helpers import free_port
+from shim_helpers import free_port, start_shim_process
 
 from flows.syncjob import flow_run_of
 
@@ -104,13 +104,9 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
         for i in (1, 2)
     ]
     shim_ports = [free_port(), free_port()]
-    shims = [
-        spawn([sys.executable, "-m", "shim"], {**base, "POLIGRAPH_SHIM_PORT": str(port)}, f"shim-{port}.log")
-        for port in shim_ports
-    ]
+    shims = []
     try:
-        for port in shim_ports:
-            wait_for(lambda p=port: _healthy(p), timeout=60, what="a shim replica")
+        shims += [start_shim_process(base, port, f"shim-{port}.log") for port in shim_ports]
         events = []
         for _ in range(5):
             for script in SCRIPTS:
@@ -147,13 +143,6 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
     worker_pids = {w.pid for w in workers}
     used = {e["gppid"] for e in stubs.events(event="start")} & worker_pids
     assert used == worker_pids, "both workers should have run flows"
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _generated_prefect_yaml() -> str:

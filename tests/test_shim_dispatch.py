@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import uuid
 
 import httpx
@@ -18,9 +17,9 @@ import inngest
 import pytest
 import respx
 import sqlalchemy as sa
-from conftest import REPO, STATE, insert_pending, run_async, wait_for
+from conftest import insert_pending, run_async, wait_for
 from prefect.client.orchestration import get_client
-from shim_helpers import dev_client, free_port, running_shim
+from shim_helpers import dev_client, free_port, running_shim, start_shim_process
 
 from deployments.catalog import get_catalog
 from deployments.serve import runner_deployment
@@ -158,26 +157,12 @@ def test_killed_shim_dispatches_every_pending_event_exactly_once_after_restart(d
     port = free_port()
     env = {
         **os.environ,
-        "POLIGRAPH_SHIM_PORT": str(port),
         "POLIGRAPH_SHIM_SCHEMA": schema,
         "POLIGRAPH_SHIM_BATCH_SIZE": "5",
     }
 
     def start() -> subprocess.Popen[bytes]:
-        log = (STATE / f"shim-{schema}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shim"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-        )
-
-        def healthy() -> bool:
-            assert proc.poll() is None, (STATE / f"shim-{schema}.log").read_text()[-2000:]
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, timeout=60, what="the shim")
-        return proc
+        return start_shim_process(env, port, f"shim-{schema}.log")
 
     outbox = open_store(ShimSettings(schema_name=schema), get_settings())
     proc = start()

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 
 import httpx
-from conftest import REPO, STATE, run_async, start_prefect_server, stop_process_group, wait_for
+from conftest import STATE, run_async, start_prefect_server, stop_process_group, wait_for
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from shim_helpers import free_port
+from shim_helpers import free_port, start_shim_process
 
 from deployments.catalog import get_catalog
 from deployments.serve import runner_deployment
@@ -43,23 +41,13 @@ def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, stor
     env = {
         **os.environ,
         "PREFECT_API_URL": api,
-        "POLIGRAPH_SHIM_PORT": str(shim_port),
         "POLIGRAPH_SHIM_SCHEMA": schema,
         "POLIGRAPH_SHIM_MAX_BACKOFF_SECONDS": "1",
         "POLIGRAPH_SHIM_PREFECT_TIMEOUT_SECONDS": "2",
     }
-    log = (STATE / "outage-shim.log").open("ab")
-    shim = subprocess.Popen(
-        [sys.executable, "-m", "shim"],
-        env=env,
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    shim = start_shim_process(env, shim_port, "outage-shim.log")
     outbox = open_store(ShimSettings(schema_name=schema), get_settings())
     try:
-        wait_for(lambda: _healthy(shim_port), timeout=60, what="the shim")
         send(shim_port, 2, 0)
         wait_for(lambda: outbox.pending_count() == 0, timeout=60, what="dispatch while Prefect is up")
 
@@ -77,7 +65,6 @@ def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, stor
         wait_for(lambda: outbox.pending_count() == 0, timeout=90, what="the backlog after the outage")
     finally:
         stop_process_group(shim)
-        log.close()
 
     rows = outbox.events()
     assert len(rows) == 7 and all(r["status"] == "done" for r in rows)
@@ -93,10 +80,3 @@ def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, stor
             assert run_async(limits_of_runs()) == [1, 2, 101, 102, 103, 104, 105]
     finally:
         stop_process_group(server)
-
-
-def _healthy(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
