@@ -58,6 +58,11 @@ def flow_runs(ids) -> dict:
     return run_async(read())
 
 
+def drain(dispatcher: Dispatcher, outbox) -> None:
+    """Dispatch until nothing is pending (postponed events come due again within 0.05 s)."""
+    wait_for(lambda: dispatcher.dispatch_due() == 0 and outbox.pending_count() == 0, timeout=60)
+
+
 def test_tables_live_in_their_own_schema(outbox, shim_settings, pg_url):
     with outbox.engine.connect() as conn:
         tables = conn.execute(
@@ -79,7 +84,7 @@ def test_each_event_becomes_one_run_with_its_parameters(outbox, shim_settings, s
         )
         client.send_sync([inngest.Event(name="sync/pair"), inngest.Event(name="sync/pair", id="same")])
         client.send_sync(inngest.Event(name="sync/pair", id="same"))  # duplicate: recorded only
-        assert app.state.dispatcher.dispatch_due() == 3
+        drain(app.state.dispatcher, outbox)  # a busy test server may answer 503: retried
     rows = outbox.events()
     assert [r["status"] for r in rows].count("duplicate") == 1
     done = [r for r in rows if r["status"] == "done"]
@@ -133,7 +138,7 @@ def test_prefect_faults_postpone_events_and_lose_nothing(outbox, shim_settings, 
         assert all(r["attempts"] == 1 and r["last_error"] for r in rows)
         assert outbox.pending_count() == 2
         # Prefect is back: the next passes create exactly one run per event.
-        wait_for(lambda: dispatcher.dispatch_due() == 0 and outbox.pending_count() == 0, timeout=30)
+        drain(dispatcher, outbox)
     rows = outbox.events()
     assert sorted(r["event_id"] for r in rows) == sorted(ids)
     assert len({r["flow_run_id"] for r in rows}) == 2
@@ -147,7 +152,7 @@ def test_a_run_created_before_a_crash_is_found_again_not_duplicated(outbox, shim
         (row,) = outbox.events()
         with get_client(sync_client=True) as client:
             first = dispatcher._create_run(client, row)  # what happened before the crash
-        dispatcher.dispatch_due()
+        drain(dispatcher, outbox)
     (row,) = outbox.events()
     assert row["status"] == "done" and row["flow_run_id"] == str(first)
 
