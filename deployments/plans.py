@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from deployments.catalog import Catalog, Group
 from deployments.flags import FlagError, validate_flags, with_limit
-from deployments.models import Catalog, Group
 
 
 class PlannedStep(BaseModel):

@@ -11,18 +11,17 @@ from typing import Any
 
 import yaml
 
-from deployments.models import Catalog, load_catalog
-from deployments.specs import deployment_specs
-from flows.settings import DEFAULT_CATALOG, PACKAGE_ROOT
+from deployments.catalog import Catalog, load_catalog
+from deployments.settings import DEFAULT_CATALOG, PACKAGE_ROOT
+from deployments.specs import DEPLOYMENT_CONCURRENCY, deployment_specs
 
 PREFECT_YAML = PACKAGE_ROOT / "prefect.yaml"
 WORK_POOL = "poligraph"
 HEADER = """\
 # GENERATED from deployments/catalog.yaml by `python -m deployments.prefect_yaml`. Do not edit:
 # change the catalog and regenerate (a test fails when this file is stale).
-# Deploy: prefect work-pool create poligraph --type process
-#         prefect --no-prompt deploy --all
-#         python -m deployments.concurrency    # the per-script concurrency limits
+# Deploy with `python -m scripts.setup --deploy` (work pool, per-script concurrency limits,
+# `prefect deploy --all`, pruning of what the catalog no longer has).
 """
 
 
@@ -35,8 +34,8 @@ def render(catalog: Catalog) -> str:
             "entrypoint": spec.entrypoint,
             "parameters": spec.parameters,
             "enforce_parameter_schema": True,
-            "tags": [*spec.tags, *(f"event:{e}" for e in spec.events)],
-            "concurrency_limit": {"limit": 1, "collision_strategy": "ENQUEUE"},
+            "tags": spec.tags,
+            "concurrency_limit": dict(DEPLOYMENT_CONCURRENCY),
             "work_pool": {"name": WORK_POOL},
         }
         if spec.schedules:

@@ -1,18 +1,37 @@
-"""One deployment description per catalog entry, shared by `serve` and `prefect.yaml`."""
+"""How each catalog entry is deployed: one `DeploymentSpec` per deployment, the single source for
+`serve`, `prefect.yaml`, the shim's event routing and the CLI.
+
+Two flows: `sync-script` (one deployment per standalone script, event `sync/<id>`) and
+`sync-group` (one deployment per group). A spec knows its kind, its parameters, the tags and
+concurrency it is deployed with, and which `SyncJob.script` its runs write.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from deployments.models import Catalog
+from deployments.catalog import Catalog, UnknownTarget
 
+Kind = Literal["script", "group"]
+SCRIPT: Kind = "script"
+GROUP: Kind = "group"
 SCRIPT_FLOW = "sync-script"
 GROUP_FLOW = "sync-group"
+FLOW_OF: dict[Kind, str] = {SCRIPT: SCRIPT_FLOW, GROUP: GROUP_FLOW}
 ENTRYPOINTS = {
     SCRIPT_FLOW: "flows/sync_script.py:sync_script",
     GROUP_FLOW: "flows/sync_group.py:sync_group",
 }
+BASE_TAG = "poligraph"  # every deployment; `setup` prunes tagged deployments the catalog dropped
+# Each deployment runs one at a time; a second trigger waits its turn instead of being dropped.
+DEPLOYMENT_CONCURRENCY: dict[str, Any] = {"limit": 1, "collision_strategy": "ENQUEUE"}
+
+
+def script_limit_name(script: str) -> str:
+    """The global concurrency limit (limit 1) that keeps one script from running twice at once."""
+    return f"sync-script:{script}"
 
 
 @dataclass(frozen=True)
@@ -24,13 +43,17 @@ class ScheduleSpec:
 
 @dataclass(frozen=True)
 class DeploymentSpec:
-    flow: str  # SCRIPT_FLOW or GROUP_FLOW
+    kind: Kind
     name: str
     description: str
-    parameters: dict[str, Any]
     events: tuple[str, ...]
-    tags: tuple[str, ...]
+    row_script: str  # SyncJob.script of the rows its runs create
+    critical: bool = False
     schedules: tuple[ScheduleSpec, ...] = field(default=())
+
+    @property
+    def flow(self) -> str:
+        return FLOW_OF[self.kind]
 
     @property
     def full_name(self) -> str:
@@ -41,27 +64,36 @@ class DeploymentSpec:
     def entrypoint(self) -> str:
         return ENTRYPOINTS[self.flow]
 
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The deployment's fixed parameters: which script or group it runs."""
+        return {self.kind: self.name}
+
+    @property
+    def tags(self) -> list[str]:
+        critical = ["critical"] if self.critical else []
+        return [BASE_TAG, self.kind, *critical, *(f"event:{e}" for e in self.events)]
+
 
 def deployment_specs(catalog: Catalog) -> list[DeploymentSpec]:
     specs = [
         DeploymentSpec(
-            flow=SCRIPT_FLOW,
+            kind=SCRIPT,
             name=script.id,
             description=script.admin.label if script.admin else script.description or script.id,
-            parameters={"script": script.id},
             events=(script.event,),
-            tags=("poligraph", "script", *(("critical",) if script.critical else ())),
+            row_script=script.id,
+            critical=script.critical,
         )
         for script in catalog.standalone_scripts
     ]
     specs += [
         DeploymentSpec(
-            flow=GROUP_FLOW,
+            kind=GROUP,
             name=group.name,
             description=group.description,
-            parameters={"group": group.name},
             events=group.events,
-            tags=("poligraph", "group"),
+            row_script=group.row_script,
             schedules=tuple(ScheduleSpec(s.cron, s.timezone, s.slug) for s in group.schedules),
         )
         for group in catalog.groups
@@ -74,3 +106,26 @@ def spec_for_event(catalog: Catalog, event: str) -> DeploymentSpec | None:
         if event in spec.events:
             return spec
     return None
+
+
+def row_script_for(catalog: Catalog, parameters: Mapping[str, Any]) -> str | None:
+    """SyncJob.script for a run of either flow, from its parameters (None if neither is set)."""
+    if script := parameters.get(SCRIPT):
+        return str(script)
+    group = parameters.get(GROUP)
+    if not group:
+        return None
+    try:
+        return catalog.group(str(group)).row_script
+    except UnknownTarget:
+        return str(group)
+
+
+def is_critical(catalog: Catalog, script: str | None) -> bool:
+    """A critical script's failure for good alerts the webhook."""
+    if not script:
+        return False
+    try:
+        return catalog.script(script).critical
+    except UnknownTarget:
+        return False

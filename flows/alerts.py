@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from flows.settings import get_settings
+from deployments.settings import get_settings
 
 log = logging.getLogger(__name__)
 ALERT_ERROR_CHARS = 500  # as the app's webhook

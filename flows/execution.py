@@ -1,18 +1,27 @@
-"""Run a plan's steps in order inside a flow run and keep its SyncJob row true."""
+"""Run a plan's steps in order inside a flow run and keep its SyncJob row true.
+
+execute_plan   RUNNING (or nothing, when the row was cancelled first), the steps, the end
+run_steps      each step in turn: skipped, succeeded, or failed (stop, or go on and record)
+finish         COMPLETED with the result, or FAILED when a required step failed
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Cancelled
+from prefect.states import Cancelled, State
 
-from deployments.plans import Plan
+from deployments.plans import Plan, PlannedStep
+from deployments.syncjob import SyncJobRepository, job_id_for_flow_run, syncjob_repository
 from flows.alerts import alert_failure
 from flows.liveness import registered
+from flows.step_results import StepResult, summarize
 from flows.steps import StepFailed, configured
-from flows.syncjob import get_store, job_id_for_flow_run
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 class RequiredStepsFailed(RuntimeError):
@@ -24,73 +33,56 @@ def row_id(job_id: str | None) -> str:
     return job_id or job_id_for_flow_run(str(flow_run.id))
 
 
-def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any]:
+def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
     logger = get_run_logger()
-    store = get_store()
+    repository = syncjob_repository()
     job = row_id(job_id)
     run_id = str(flow_run.id)
-    if not store.mark_running(job, plan.job_script, run_id):
+    if not repository.mark_running(job, plan.job_script, run_id):
         logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
         return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
     logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
     with registered(run_id, job):
-        return _run_steps(plan, job, store, logger)
+        results = run_steps(plan, job, repository, logger)
+        return finish(plan, job, results, repository)
 
 
-def _run_steps(plan: Plan, job: str, store, logger) -> dict[str, Any]:
-
-    steps: list[dict[str, Any]] = []
-    failures: list[str] = []
-    required_failures: list[str] = []
-    skipped: list[str] = []
+def run_steps(plan: Plan, job: str, repository: SyncJobRepository, logger: Logger) -> list[StepResult]:
+    results: list[StepResult] = []
     count = len(plan.steps)
     for index, step in enumerate(plan.steps):
         if step.disabled:
             logger.warning("skipping %s: %s", step.name, step.disabled)
-            skipped.append(step.name)
-            steps.append(
-                {
-                    "name": step.name,
-                    "script": step.script,
-                    "status": "skipped",
-                    "reason": step.disabled,
-                }
-            )
+            results.append(StepResult.skipped(step.name, step.script, step.disabled))
             continue
         try:
-            steps.append(configured(step)(step, job, index, count))
+            results.append(configured(step)(step, job, index, count))
         except Exception as exc:  # the task exhausted its retries
-            if step.critical:
-                alert_failure(step.script, job, str(flow_run.id), str(exc))
-            if not plan.continue_on_failure:
-                raise
-            logger.error("step %s failed, going on: %s", step.name, exc)
-            failures.append(step.name)
-            if step.required:
-                required_failures.append(step.name)
-            steps.append(
-                {
-                    "name": step.name,
-                    "script": step.script,
-                    "status": "failed",
-                    "error": str(exc)[:500],
-                }
-            )
-        store.set_progress(job, min(99, (index + 1) * 100 // count))
+            results.append(on_step_failure(plan, step, job, exc, logger))
+        repository.set_progress(job, min(99, (index + 1) * 100 // count))
+    return results
 
-    summary = {
-        "total": count,
-        "succeeded": count - len(failures) - len(skipped),
-        "failed": len(failures),
-        "failures": failures,
-        "skipped": skipped,
-    }
-    result = {"flowRunId": str(flow_run.id), **summary, "steps": steps}
+
+def on_step_failure(plan: Plan, step: PlannedStep, job: str, exc: Exception, logger: Logger) -> StepResult:
+    """Alert for a critical script; stop the run, or (continue-on-failure) record and go on."""
+    if step.critical:
+        alert_failure(step.script, job, str(flow_run.id), str(exc))
+    if not plan.continue_on_failure:
+        raise exc
+    logger.error("step %s failed, going on: %s", step.name, exc)
+    return StepResult.failed(step.name, step.script, str(exc))
+
+
+def finish(plan: Plan, job: str, results: list[StepResult], repository: SyncJobRepository) -> dict[str, Any]:
+    summary = summarize(results)
+    result = {"flowRunId": str(flow_run.id), **summary, "steps": [r.as_json() for r in results]}
+    required = {s.name for s in plan.steps if s.required}
+    required_failures = [name for name in summary["failures"] if name in required]
     if required_failures:
         message = f"required step(s) failed: {', '.join(required_failures)}"
-        store.mark_failed(job, message, result=result)
+        repository.mark_failed(job, message, result=result)
         raise RequiredStepsFailed(message)
-    store.mark_completed(job, result)
+    repository.mark_completed(job, result)
     return summary
 
 

@@ -1,37 +1,30 @@
 """Flow state hooks that mark the SyncJob row FAILED on failure, crash or cancellation.
 
-Hooks run client side and are not guaranteed (prefect-notes §6): the flow body writes every
-other transition itself, and a reconciler (operator tools) repairs rows whose hook never ran.
+Hooks run client side and are not guaranteed (docs/prefect.md, "State hooks"): the flow body
+writes every other transition itself, and the reconciler repairs rows whose hook never ran.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from typing import Any
+
+from prefect import Flow
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import State
 
 from deployments.catalog import get_catalog
+from deployments.specs import is_critical, row_script_for
+from deployments.syncjob import job_id_for_flow_run, syncjob_repository
 from flows.alerts import alert_failure
-from flows.syncjob import get_store, job_id_for_flow_run
 
 log = logging.getLogger(__name__)
 _EXCEPTION_PREFIX = "Flow run encountered an exception:"
 _EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*: ")
 
 
-def row_script(parameters: dict) -> str | None:
-    """SyncJob.script for a run of either flow, from its parameters."""
-    if script := parameters.get("script"):
-        return str(script)
-    group = parameters.get("group")
-    if not group:
-        return None
-    try:
-        return get_catalog().group(str(group)).row_script
-    except KeyError:
-        return str(group)
-
-
-def failure_message(state) -> str:
+def failure_message(state: State[Any]) -> str:
     message = (state.message or "").strip()
     if state.is_cancelled() or state.name in ("Cancelling", "Cancelled"):
         return "Annulé : le run Prefect a été annulé." + (f" {message}" if message else "")
@@ -43,28 +36,22 @@ def failure_message(state) -> str:
     return message or f"Run {state.name}"
 
 
-def mark_job_failed(flow, flow_run, state) -> None:
+def mark_job_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     parameters = dict(flow_run.parameters or {})
     job_id = parameters.get("job_id") or job_id_for_flow_run(str(flow_run.id))
-    script = row_script(parameters)
+    catalog = get_catalog()
+    script = row_script_for(catalog, parameters)
     message = failure_message(state)
     try:
-        get_store().mark_failed(job_id, message, script=script)
+        syncjob_repository().mark_failed(job_id, message, script=script)
         # step failures alert where they happen (execution.py); a crash never reaches a step
-        if state.is_crashed() and script and _is_critical(script):
-            alert_failure(script, job_id, str(flow_run.id), message)
+        if state.is_crashed() and is_critical(catalog, script):
+            alert_failure(script or "", job_id, str(flow_run.id), message)
     except Exception:  # a hook must not mask the run's own state
         log.exception("could not mark SyncJob %s failed", job_id)
 
 
-def _is_critical(script: str) -> bool:
-    try:
-        return get_catalog().script(script).critical
-    except KeyError:
-        return False
-
-
-FAILURE_HOOKS = {
+FAILURE_HOOKS: dict[str, Any] = {
     "on_failure": [mark_job_failed],
     "on_crashed": [mark_job_failed],
     "on_cancellation": [mark_job_failed],

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.settings import get_settings
+from deployments.settings import get_settings
+from flows.process_tree import start_time
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,7 @@ class RunFile:
     flow_run_id: str
     job_id: str
     pid: int
-    started: str  # process start time (clock ticks since boot), guards against pid reuse
+    started: float | None  # the process's start time: guards against pid reuse
     path: Path
     script_groups: tuple[int, ...] = ()  # process groups of the scripts it started
 
@@ -30,24 +32,15 @@ def runs_dir() -> Path:
     return get_settings().home / "runs"
 
 
-def process_start(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 @contextmanager
-def registered(flow_run_id: str, job_id: str):
+def registered(flow_run_id: str, job_id: str) -> Iterator[Path]:
     """Mark this process as running `flow_run_id` for as long as the block lasts."""
     directory = runs_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{flow_run_id}.json"
     pid = os.getpid()
     path.write_text(
-        json.dumps({"flowRunId": flow_run_id, "jobId": job_id, "pid": pid, "started": process_start(pid)})
+        json.dumps({"flowRunId": flow_run_id, "jobId": job_id, "pid": pid, "started": start_time(pid)})
     )
     try:
         yield path
@@ -81,10 +74,10 @@ def dead_runs() -> list[RunFile]:
             data["flowRunId"],
             data["jobId"],
             data["pid"],
-            str(data["started"]),
+            data.get("started"),
             path,
             tuple(data.get("scriptGroups", ())),
         )
-        if process_start(run.pid) != run.started:
+        if run.started is None or start_time(run.pid) != run.started:
             dead.append(run)
     return dead

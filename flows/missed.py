@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterDeploymentId,
@@ -21,7 +21,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.runtime import flow_run
 
-from flows.settings import get_settings
+from deployments.settings import get_settings
 
 SCHEDULER_KEY_PREFIX = "scheduled "  # idempotency keys of runs made by Prefect's scheduler
 
@@ -30,7 +30,7 @@ def is_scheduled(run: FlowRun) -> bool:
     return bool(run.auto_scheduled or (run.idempotency_key or "").startswith(SCHEDULER_KEY_PREFIX))
 
 
-def original_slot(client, run: FlowRun) -> datetime | None:
+def original_slot(client: SyncPrefectClient, run: FlowRun) -> datetime | None:
     """The time a scheduled run was planned for.
 
     Not `expected_start_time`: a run re-proposed while waiting for a concurrency slot gets a new

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run, task_run
 
 from deployments.plans import PlannedStep
+from deployments.settings import Settings, get_settings
+from deployments.specs import script_limit_name
+from deployments.syncjob import syncjob_repository
 from flows.liveness import note_script_group
-from flows.process import run_process
 from flows.progress import parse_progress
-from flows.settings import Settings, get_settings
-from flows.syncjob import get_store
-from flows.tracking import ProgressTracker
+from flows.progress_tracker import ProgressTracker
+from flows.script_runner import ProcessOutcome, run_process
+from flows.step_results import StepResult
 
 MAX_LOG_LINE = 10_000
 SLOT_LEASE_SECONDS = 60
 STDERR_LINES_IN_ERROR = 15
-
-
-def script_limit_name(script: str) -> str:
-    """The global concurrency limit that keeps one script from running twice at once."""
-    return f"sync-script:{script}"
 
 
 class StepFailed(RuntimeError):
@@ -36,6 +34,41 @@ def retry_delays(settings: Settings, retries: int) -> list[float]:
     return [delays[min(i, len(delays) - 1)] for i in range(retries)]
 
 
+def step_argv(settings: Settings, step: PlannedStep) -> list[str]:
+    return [*settings.script_argv(step.script), *step.flags]
+
+
+class OutputLogger:
+    """Each output line to the run log (stdout INFO, stderr WARNING); progress lines to the row."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter[Any], tracker: ProgressTracker):
+        self.logger = logger
+        self.tracker = tracker
+
+    def __call__(self, stream: str, line: str) -> None:
+        line = line[:MAX_LOG_LINE]
+        if (report := parse_progress(line)) is not None:
+            self.tracker.report(report)
+        if stream == "stderr":
+            self.logger.warning(line)
+        else:
+            self.logger.info(line)
+
+
+def failure_message(step: PlannedStep, outcome: ProcessOutcome, attempt: int) -> str:
+    """Which step, which attempt, why, and the last stderr lines (or output lines)."""
+    why = (
+        f"timed out after {int(step.timeout_seconds)}s (process group killed)"
+        if outcome.timed_out
+        else f"exit code {outcome.exit_code}"
+    )
+    lines = outcome.stderr_tail[-STDERR_LINES_IN_ERROR:] or outcome.tail[-STDERR_LINES_IN_ERROR:]
+    detail = "\n".join(lines)
+    return f"step {step.name} ({step.script}) failed on attempt {attempt}/{step.retries + 1}: {why}" + (
+        f"\n{detail}" if detail else ""
+    )
+
+
 # Durable steps: with persisted results and RUN_ID in the cache key, a retried flow run (same
 # id) gets completed steps back as Cached instead of running their scripts again.
 @task(
@@ -43,24 +76,14 @@ def retry_delays(settings: Settings, retries: int) -> list[float]:
     cache_policy=TASK_SOURCE + INPUTS + RUN_ID,
     persist_result=True,
 )
-def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -> dict[str, Any]:
+def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -> StepResult:
     settings = get_settings()
     logger = get_run_logger()
     tracker = ProgressTracker(
-        get_store(settings), job_id, step_index, step_count, settings.progress_interval_seconds
+        syncjob_repository(settings), job_id, step_index, step_count, settings.progress_interval_seconds
     )
-    argv = [*settings.script_argv(step.script), *step.flags]
-
-    def on_line(stream: str, line: str) -> None:
-        line = line[:MAX_LOG_LINE]
-        if (report := parse_progress(line)) is not None:
-            tracker.report(report)
-        if stream == "stderr":
-            logger.warning(line)
-        else:
-            logger.info(line)
-
-    # strict: a missing limit is an error, never an unprotected run (prefect-notes §7.1).
+    argv = step_argv(settings, step)
+    # strict: a missing limit is an error, never an unprotected run.
     # lease_duration at Prefect's minimum: the lease is renewed while we hold it, and the slot of
     # a process killed outright (no release) frees itself within a minute instead of five.
     with concurrency(
@@ -70,7 +93,7 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
         outcome = run_process(
             argv,
             timeout_seconds=step.timeout_seconds,
-            on_line=on_line,
+            on_line=OutputLogger(logger, tracker),
             cwd=settings.script_cwd(),
             kill_grace_seconds=settings.kill_grace_seconds,
             tail_lines=settings.tail_lines,
@@ -79,33 +102,16 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
     tracker.flush()
     attempt = task_run.run_count or 1
     if not outcome.ok:
-        why = (
-            f"timed out after {int(step.timeout_seconds)}s (process group killed)"
-            if outcome.timed_out
-            else f"exit code {outcome.exit_code}"
-        )
-        lines = outcome.stderr_tail[-STDERR_LINES_IN_ERROR:] or outcome.tail[-STDERR_LINES_IN_ERROR:]
-        detail = "\n".join(lines)
-        raise StepFailed(
-            f"step {step.name} ({step.script}) failed on attempt {attempt}/{step.retries + 1}: "
-            f"{why}" + (f"\n{detail}" if detail else "")
-        )
+        raise StepFailed(failure_message(step, outcome, attempt))
     logger.info("%s finished in %.1fs", step.script, outcome.duration_seconds)
-    return {
-        "name": step.name,
-        "script": step.script,
-        "status": "succeeded",
-        "exitCode": outcome.exit_code,
-        "durationSeconds": outcome.duration_seconds,
-        "attempts": attempt,
-    }
+    return StepResult.succeeded(step.name, step.script, outcome.exit_code, outcome.duration_seconds, attempt)
 
 
-def configured(step: PlannedStep, settings: Settings | None = None):
+def configured(step: PlannedStep, settings: Settings | None = None) -> Task[..., StepResult]:
     """`run_step` with this step's retries and backoff."""
     settings = settings or get_settings()
     return run_step.with_options(
         retries=step.retries,
         retry_delay_seconds=retry_delays(settings, step.retries),
-        retry_jitter_factor=settings.retry_jitter_factor if step.retries else None,
+        retry_jitter_factor=settings.retry_jitter_factor,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from deployments.catalog import get_catalog
 from deployments.plans import plan_group
@@ -15,7 +15,9 @@ from flows.missed import missed_slot_reason
 
 
 @flow(name="sync-group", persist_result=True, log_prints=True, **FAILURE_HOOKS)
-def sync_group(group: str, job_id: str | None = None, limit: int | None = None) -> dict[str, Any]:
+def sync_group(
+    group: str, job_id: str | None = None, limit: int | None = None
+) -> dict[str, Any] | State[Any]:
     """Run a group's steps in order.
 
     A group stops at the first step that exhausts its retries, except continue-on-failure

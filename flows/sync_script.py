@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from deployments.catalog import get_catalog
 from deployments.plans import plan_script
@@ -20,7 +20,7 @@ def sync_script(
     job_id: str | None = None,
     flags: list[str] | None = None,
     limit: int | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Run one script. `flags` replace the catalog's default flags; `limit` sets --limit.
 
     `job_id` is the SyncJob row the admin created; without it the run creates its own row.

@@ -2,9 +2,10 @@
 
 Each due event is handled inside a transaction that locks its row. The flow run is created with
 the idempotency key `<flow/deployment>:<event row pk>`: Prefect scopes keys per flow, not per
-deployment (prefect-notes §3.1), and the row pk is unique per accepted event, so if the shim dies
-after Prefect created the run but before the row says so, the next attempt gets the same run
-back instead of a second one. Errors from Prefect postpone the event with exponential backoff.
+deployment (docs/prefect.md, "Idempotency keys"), and the row pk is unique per accepted event,
+so if the shim dies after Prefect created the run but before the row says so, the next attempt
+gets the same run back instead of a second one. Errors from Prefect postpone the event with
+exponential backoff.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
+from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -23,19 +25,20 @@ from prefect.settings import (
     PREFECT_CLIENT_MAX_RETRIES,
     temporary_settings,
 )
+from sqlalchemy.engine import Connection
 
-from flows.syncjob import get_store
+from deployments.syncjob import syncjob_repository
 from shim.mapping import FAIL_JOB, RUN
+from shim.outbox import DONE, FAILED, EventOutbox
 from shim.settings import ShimSettings
-from shim.store import DONE, FAILED, EventStore
 
 log = logging.getLogger("poligraph.shim.dispatcher")
 _PERMANENT_HTTP = {400, 403, 409, 422}  # Prefect refused these parameters: retrying won't help
 
 
 class Dispatcher:
-    def __init__(self, store: EventStore, settings: ShimSettings) -> None:
-        self.store = store
+    def __init__(self, outbox: EventOutbox, settings: ShimSettings) -> None:
+        self.outbox = outbox
         self.settings = settings
         self.wake = threading.Event()
         self._stop = threading.Event()
@@ -92,21 +95,21 @@ class Dispatcher:
                 return clients[0]
 
             while len(seen) < self.settings.batch_size and not self._stop.is_set():
-                with self.store.engine.begin() as conn:
-                    rows = self.store.claim_due(conn, 1, exclude=seen)
+                with self.outbox.engine.begin() as conn:
+                    rows = self.outbox.claim_due(conn, 1, exclude=seen)
                     if not rows:
                         break
                     seen.append(rows[0]["pk"])
                     self._handle(conn, client, rows[0])
         return len(seen)
 
-    def _handle(self, conn, client: Callable[[], SyncPrefectClient], row: dict[str, Any]) -> None:
+    def _handle(self, conn: Connection, client: Callable[[], SyncPrefectClient], row: dict[str, Any]) -> None:
         if row["action"] == FAIL_JOB:
             self._fail_job(row["job_id"], row["reason"])
-            self.store.finish(conn, row["pk"], DONE)
+            self.outbox.finish(conn, row["pk"], DONE)
             return
         if row["action"] != RUN:  # pragma: no cover - only pending rows get here
-            self.store.finish(conn, row["pk"], DONE)
+            self.outbox.finish(conn, row["pk"], DONE)
             return
         try:
             flow_run_id = self._create_run(client(), row)
@@ -114,16 +117,16 @@ class Dispatcher:
             if exc.response.status_code in _PERMANENT_HTTP:
                 reason = f"Prefect refused the run of {row['deployment']}: {exc.response.text[:500]}"
                 self._fail_job(row["job_id"], reason)
-                self.store.finish(conn, row["pk"], FAILED, last_error=reason)
+                self.outbox.finish(conn, row["pk"], FAILED, last_error=reason)
                 return
             self._postpone(conn, row, exc)
         except Exception as exc:  # Prefect down, slow, or the deployment not there yet
             self._postpone(conn, row, exc)
         else:
-            self.store.finish(conn, row["pk"], DONE, flow_run_id=str(flow_run_id), last_error=None)
+            self.outbox.finish(conn, row["pk"], DONE, flow_run_id=str(flow_run_id), last_error=None)
             log.info("event %s (%s) -> flow run %s", row["event_id"], row["name"], flow_run_id)
 
-    def _create_run(self, client: SyncPrefectClient, row: dict[str, Any]):
+    def _create_run(self, client: SyncPrefectClient, row: dict[str, Any]) -> UUID:
         name = row["deployment"]
         if name not in self._deployment_ids:
             self._deployment_ids[name] = client.read_deployment_by_name(name).id
@@ -139,7 +142,7 @@ class Dispatcher:
             raise
         return run.id
 
-    def _postpone(self, conn, row: dict[str, Any], exc: Exception) -> None:
+    def _postpone(self, conn: Connection, row: dict[str, Any], exc: Exception) -> None:
         attempts = row["attempts"] + 1
         delay = min(self.settings.max_backoff_seconds, 0.5 * 2 ** min(attempts, 16))
         error = f"{type(exc).__name__}: {exc}"
@@ -151,9 +154,9 @@ class Dispatcher:
             delay,
             error,
         )
-        self.store.postpone(conn, row["pk"], attempts, delay, error)
+        self.outbox.postpone(conn, row["pk"], attempts, delay, error)
 
     @staticmethod
     def _fail_job(job_id: str | None, reason: str | None) -> None:
         if job_id:
-            get_store().mark_failed(job_id, reason or "event refused")
+            syncjob_repository().mark_failed(job_id, reason or "event refused")

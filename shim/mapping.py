@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from deployments.catalog import Catalog
 from deployments.flags import FlagError
-from deployments.models import Catalog
 from deployments.plans import plan_group, plan_script
-from deployments.specs import GROUP_FLOW, spec_for_event
+from deployments.specs import GROUP, spec_for_event
 
 RUN = "run"  # create a flow run
 FAIL_JOB = "fail_job"  # no run; mark the given SyncJob FAILED with the reason
@@ -41,7 +41,7 @@ def map_event(catalog: Catalog, name: str, data: dict[str, Any]) -> EventAction:
     if raw_job is not None and job_id is None:
         return _refuse(None, f"jobId must be a non-empty string, got {raw_job!r}")
     try:
-        parameters = _parameters(catalog, spec.flow, spec.parameters, data)
+        parameters = _parameters(catalog, spec.kind, spec.name, data)
     except (FlagError, ValueError) as exc:
         return _refuse(job_id, f"{name}: {exc}")
     if job_id:
@@ -53,9 +53,7 @@ def _refuse(job_id: str | None, reason: str) -> EventAction:
     return EventAction(FAIL_JOB if job_id else NOTHING, job_id=job_id, reason=reason)
 
 
-def _parameters(
-    catalog: Catalog, flow: str, defaults: dict[str, Any], data: dict[str, Any]
-) -> dict[str, Any]:
+def _parameters(catalog: Catalog, kind: str, target: str, data: dict[str, Any]) -> dict[str, Any]:
     parameters: dict[str, Any] = {}
     limit = data.get("limit")
     if limit is not None:
@@ -63,13 +61,13 @@ def _parameters(
             raise ValueError(f"limit must be a positive whole number, got {limit!r}")
         parameters["limit"] = limit
     rest = {k: v for k, v in data.items() if k not in ("jobId", "limit", "flags")}
-    if flow == GROUP_FLOW:
+    if kind == GROUP:
         if data.get("flags") or rest:
             keys = sorted([*rest, *(["flags"] if data.get("flags") else [])])
             raise ValueError(f"a group takes no flags (got {', '.join(keys)})")
-        plan_group(catalog, defaults["group"], limit=parameters.get("limit"))
+        plan_group(catalog, target, limit=parameters.get("limit"))
         return parameters
-    script = defaults["script"]
+    script = target
     flags = _flags(catalog, script, data.get("flags"), rest)
     if flags is not None:
         parameters["flags"] = flags

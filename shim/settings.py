@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from flows.settings import comma_separated
+from deployments.settings import comma_separated
 
 
 class ShimSettings(BaseSettings):

@@ -9,12 +9,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from deployments.catalog import Catalog, UnknownTarget, load_catalog
 from deployments.flags import FlagError
-from deployments.models import Catalog, UnknownTarget, load_catalog
 from deployments.plans import plan_group, plan_script
 from deployments.prefect_yaml import PREFECT_YAML, render
+from deployments.settings import DEFAULT_CATALOG, PACKAGE_ROOT
 from deployments.specs import GROUP_FLOW, SCRIPT_FLOW, deployment_specs, spec_for_event
-from flows.settings import DEFAULT_CATALOG, PACKAGE_ROOT
+
+pytestmark = pytest.mark.unit
+
 
 # The admin page's SCRIPT_CATALOG: each id sends sync/<id>.
 ADMIN_IDS = [

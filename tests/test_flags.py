@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from deployments.catalog import Catalog, load_catalog
 from deployments.flags import MAX_INT, FlagError, FlagSpec, validate_flags, with_limit
-from deployments.models import Catalog, load_catalog
 from deployments.plans import plan_group, plan_script
-from flows.settings import DEFAULT_CATALOG
+from deployments.settings import DEFAULT_CATALOG
+
+pytestmark = pytest.mark.unit
 
 ALLOWED = {
     "dry-run": FlagSpec(kind="bool"),

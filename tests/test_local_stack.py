@@ -14,17 +14,22 @@ import sys
 
 import httpx
 import pytest
-from conftest import REPO, STATE, _free_port, insert_pending, wait_for
 
-from deployments.models import load_catalog
+from deployments.catalog import load_catalog
+from deployments.settings import DEFAULT_CATALOG, Settings
 from deployments.specs import deployment_specs
-from flows.settings import DEFAULT_CATALOG, Settings
-from flows.syncjob import SyncJobStore, engine_for, job_id_for_flow_run
+from deployments.syncjob import SyncJobRepository, engine_for, job_id_for_flow_run
+from support.paths import REPO, STATE
+from support.polling import wait_for
+from support.ports import free_port
+from support.syncjob import insert_pending
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def stack():
-    port, shim_port = _free_port(), _free_port()
+    port, shim_port = free_port(), free_port()
     home = STATE / "stack-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POLIGRAPH_", "PREFECT_"))}
     env.pop("DATABASE_URL", None)
@@ -114,8 +119,8 @@ def test_prefect_deployment_run_of_press_completes_with_logs_and_a_row(stack):
         return all(w in messages for w in wanted) and messages
 
     wait_for(logged, timeout=30, what="both scripts' output in the run log")
-    store = SyncJobStore(engine_for(Settings(database_url=None, home=stack["home"])))
-    row = store.get(job_id_for_flow_run(run["id"]))
+    syncjobs = SyncJobRepository(engine_for(Settings(database_url=None, home=stack["home"])))
+    row = syncjobs.get(job_id_for_flow_run(run["id"]))
     assert row["status"] == "COMPLETED" and row["script"] == "press" and row["progress"] == 100
     assert [s["script"] for s in row["result"]["steps"]] == ["sync-press", "sync-press-analysis"]
 
@@ -124,14 +129,14 @@ def test_unchanged_inngest_client_event_completes_the_admin_job(stack):
     """What the admin does: create a PENDING row, then inngest.send({name, data: {jobId}})."""
     import inngest
 
-    store = SyncJobStore(engine_for(Settings(database_url=None, home=stack["home"])))
-    insert_pending(store, "cadminpress00000000000001", "press")
+    syncjobs = SyncJobRepository(engine_for(Settings(database_url=None, home=stack["home"])))
+    insert_pending(syncjobs, "cadminpress00000000000001", "press")
     client = inngest.Inngest(app_id="poligraph", is_production=False, event_api_base_url=stack["shim"])
     ids = client.send_sync(inngest.Event(name="sync/press", data={"jobId": "cadminpress00000000000001"}))
     assert len(ids) == 1
 
     def completed():
-        row = store.get("cadminpress00000000000001")
+        row = syncjobs.get("cadminpress00000000000001")
         assert row["status"] != "FAILED", row["error"]
         return row["status"] == "COMPLETED" and row
 
@@ -153,7 +158,7 @@ def cli(stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[
 
 
 def rows(stack) -> list[dict]:
-    return SyncJobStore(engine_for(Settings(database_url=None, home=stack["home"]))).recent(500)
+    return SyncJobRepository(engine_for(Settings(database_url=None, home=stack["home"]))).recent(500)
 
 
 def test_cli_trigger_wait_shows_progress_and_exits_0(stack):

@@ -15,26 +15,21 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from conftest import (
-    STATE,
-    create_run,
-    deployment_ready,
-    insert_pending,
-    process_alive,
-    run_async,
-    start_serve,
-    stop_serve,
-    wait_final,
-    wait_for,
-)
 from prefect.client.orchestration import get_client
 from prefect.states import Crashed, Scheduled
 
 from deployments.catalog import get_catalog
+from deployments.settings import reload_settings
 from deployments.specs import deployment_specs
-from flows.reconcile import Reconciler
-from flows.settings import reload_settings
-from flows.syncjob import CANCEL_MESSAGE, job_id_for_flow_run
+from deployments.syncjob import CANCEL_MESSAGE, job_id_for_flow_run
+from scripts.reconcile import Reconciler
+from support.paths import STATE
+from support.polling import run_async, wait_for
+from support.prefect_server import create_run, deployment_ready, start_serve, wait_final
+from support.processes import process_alive, stop_process_group
+from support.syncjob import insert_pending
+
+pytestmark = pytest.mark.integration
 
 
 class Serving:
@@ -48,7 +43,7 @@ class Serving:
 
     def stop(self) -> None:
         if self.proc is not None:
-            stop_serve(self.proc)
+            stop_process_group(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -60,56 +55,59 @@ def serving(prefect_api, pg_url):
 
 
 # --- cancel ---------------------------------------------------------------------------------------
-def test_admin_cancel_stops_the_script_within_seconds_and_stays(serving, store, stubs):
+def test_admin_cancel_stops_the_script_within_seconds_and_stays(serving, syncjobs, stubs):
     stubs.configure("long", sleep=120, grandchild=True)
-    insert_pending(store, "ccancelop0000000000000001", "long")
+    insert_pending(syncjobs, "ccancelop0000000000000001", "long")
     run = create_run("sync-script/long", job_id="ccancelop0000000000000001")
     wait_for(lambda: stubs.pids("long"), timeout=60, what="the script to start")
     pids = stubs.pids("long") + [c["pid"] for c in stubs.events("long", "start")]
-    assert store.cancel("ccancelop0000000000000001")  # exactly what PATCH /api/admin/syncs/<id> does
+    assert syncjobs.cancel("ccancelop0000000000000001")  # exactly what PATCH /api/admin/syncs/<id> does
     wait_for(lambda: not [p for p in pids if process_alive(p)], timeout=20, what="the script to die")
     assert wait_final(run).is_cancelled()
-    row = store.get("ccancelop0000000000000001")
+    row = syncjobs.get("ccancelop0000000000000001")
     assert row["status"] == "FAILED" and row["error"] == CANCEL_MESSAGE  # not overwritten
 
 
-def test_a_row_cancelled_before_its_run_starts_runs_nothing(serving, store, stubs):
-    insert_pending(store, "ccancelearly0000000000001", "gamma")
-    assert store.cancel("ccancelearly0000000000001")
+def test_a_row_cancelled_before_its_run_starts_runs_nothing(serving, syncjobs, stubs):
+    insert_pending(syncjobs, "ccancelearly0000000000001", "gamma")
+    assert syncjobs.cancel("ccancelearly0000000000001")
     run = create_run("sync-script/gamma", job_id="ccancelearly0000000000001")
     assert wait_final(run).is_cancelled()
     assert stubs.events() == []
-    assert store.get("ccancelearly0000000000001")["error"] == CANCEL_MESSAGE
+    assert syncjobs.get("ccancelearly0000000000001")["error"] == CANCEL_MESSAGE
 
 
-def test_the_admins_stale_sweep_does_not_stop_a_run(serving, store, stubs):
+def test_the_admins_stale_sweep_does_not_stop_a_run(serving, syncjobs, stubs):
     stubs.configure("alpha", sleep=3)
-    insert_pending(store, "csweep0000000000000000001", "alpha")
+    insert_pending(syncjobs, "csweep0000000000000000001", "alpha")
     run = create_run("sync-script/alpha", job_id="csweep0000000000000000001")
     wait_for(lambda: stubs.starts("alpha"), timeout=60, what="alpha to start")
-    store.mark_failed("csweep0000000000000000001", "Timeout : job bloqué depuis plus de 30 minutes")
+    syncjobs.mark_failed("csweep0000000000000000001", "Timeout : job bloqué depuis plus de 30 minutes")
     assert wait_final(run).is_completed()
-    assert store.get("csweep0000000000000000001")["status"] == "COMPLETED"
+    assert syncjobs.get("csweep0000000000000000001")["status"] == "COMPLETED"
 
 
 # --- reconciler -----------------------------------------------------------------------------------
-def test_rows_of_crashed_or_vanished_runs_are_failed(serving, store, stubs):
+def test_rows_of_crashed_or_vanished_runs_are_failed(serving, syncjobs, stubs):
     stubs.configure("gamma", sleep=0.1)
     run = create_run("sync-script/gamma")
     assert wait_final(run).is_completed()
     crashed_job = "creconcile000000000000001"
-    store.mark_running(crashed_job, "gamma", str(run))  # a row that still says RUNNING
+    syncjobs.mark_running(crashed_job, "gamma", str(run))  # a row that still says RUNNING
 
     async def crash():
         async with get_client() as client:
             await client.set_flow_run_state(run, Crashed(message="worker killed"), force=True)
 
     run_async(crash())
-    store.mark_running("creconcilegone00000000001", "gamma", str(uuid.uuid4()))
-    result = Reconciler(store).run_once()
+    syncjobs.mark_running("creconcilegone00000000001", "gamma", str(uuid.uuid4()))
+    result = Reconciler(syncjobs).run_once()
     assert {"creconcile000000000000001", "creconcilegone00000000001"} <= set(result["failed"])
-    assert "Crashed" in store.get(crashed_job)["error"] and "worker killed" in store.get(crashed_job)["error"]
-    assert "n'existe plus" in store.get("creconcilegone00000000001")["error"]
+    assert (
+        "Crashed" in syncjobs.get(crashed_job)["error"]
+        and "worker killed" in syncjobs.get(crashed_job)["error"]
+    )
+    assert "n'existe plus" in syncjobs.get("creconcilegone00000000001")["error"]
 
 
 # --- alerts ---------------------------------------------------------------------------------------
@@ -145,7 +143,7 @@ def webhook():
     server.shutdown()
 
 
-def test_a_critical_script_failing_for_good_is_announced(store, stubs, webhook, prefect_api):
+def test_a_critical_script_failing_for_good_is_announced(syncjobs, stubs, webhook, prefect_api):
     from flows.sync_script import sync_script
 
     stubs.configure("vital", fail_times=9, stderr="upstream is down")
@@ -160,7 +158,7 @@ def test_a_critical_script_failing_for_good_is_announced(store, stubs, webhook, 
     assert "upstream is down" in body["error"] and body["timestamp"]
 
 
-def test_no_webhook_configured_sends_nothing(store, stubs, prefect_api):
+def test_no_webhook_configured_sends_nothing(syncjobs, stubs, prefect_api):
     from flows.alerts import alert_failure
 
     assert alert_failure("vital", "cjob", None, "boom") is False
@@ -176,7 +174,7 @@ def late_slot(minutes_ago: int, tag: str, script: str = "gamma"):
     )
 
 
-def test_after_downtime_missed_slots_run_once_and_not_when_too_old(serving, store, stubs):
+def test_after_downtime_missed_slots_run_once_and_not_when_too_old(serving, syncjobs, stubs):
     stubs.configure("gamma", sleep=0.1)
     serving.stop()  # downtime: the slots below are missed while nothing serves the deployments
     recent = [late_slot(m, "once") for m in (50, 40, 30)]
@@ -195,9 +193,9 @@ def test_after_downtime_missed_slots_run_once_and_not_when_too_old(serving, stor
 
 
 # --- a dead serving process -----------------------------------------------------------------------
-def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(serving, store, stubs):
+def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(serving, syncjobs, stubs):
     stubs.configure("orphan", sleep=120, grandchild=True)
-    insert_pending(store, "ckilled000000000000000001", "orphan")
+    insert_pending(syncjobs, "ckilled000000000000000001", "orphan")
     create_run("sync-script/orphan", job_id="ckilled000000000000000001")
     wait_for(lambda: stubs.pids("orphan"), timeout=60, what="the script to start")
     script_pids = stubs.pids("orphan") + [c["pid"] for c in stubs.events("orphan", "start")]
@@ -206,11 +204,11 @@ def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(s
     for pid in [serving.proc.pid, *flow_pids]:  # the service dies: serve and its flow process
         os.kill(pid, signal.SIGKILL)
     serving.proc.wait()
-    assert store.get("ckilled000000000000000001")["status"] == "RUNNING"
+    assert syncjobs.get("ckilled000000000000000001")["status"] == "RUNNING"
 
     serving.start()
     row = wait_for(
-        lambda: (r := store.get("ckilled000000000000000001"))["status"] == "FAILED" and r,
+        lambda: (r := syncjobs.get("ckilled000000000000000001"))["status"] == "FAILED" and r,
         timeout=60,
         what="the row to be failed after the restart",
     )
@@ -220,7 +218,7 @@ def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(s
     )
 
 
-def test_runs_kept_waiting_for_a_slot_are_reported(prefect_api, store, caplog):
+def test_runs_kept_waiting_for_a_slot_are_reported(prefect_api, syncjobs, caplog):
     from prefect.client.orchestration import get_client as get_sync_client
     from prefect.states import Cancelled
 
@@ -235,7 +233,7 @@ def test_runs_kept_waiting_for_a_slot_are_reported(prefect_api, store, caplog):
         )
         try:
             with caplog.at_level("WARNING", logger="poligraph.reconcile"):
-                waiting = Reconciler(store).slot_wait_pass(client)
+                waiting = Reconciler(syncjobs).slot_wait_pass(client)
         finally:
             client.set_flow_run_state(run.id, Cancelled(), force=True)
     assert str(run.id) in waiting

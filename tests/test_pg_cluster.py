@@ -2,8 +2,12 @@
 
 from pathlib import Path
 
-from pg_cluster import apply_sql, temporary_postgres
+import pytest
 from sqlalchemy import create_engine, text
+
+from support.pg_cluster import apply_sql, temporary_postgres
+
+pytestmark = pytest.mark.integration
 
 SYNCJOB_SQL = Path(__file__).parent / "sql" / "syncjob.sql"
 INSERT = text('INSERT INTO "SyncJob" ("id", "script", "status") VALUES (:id, :script, :status)')

@@ -9,7 +9,11 @@ import textwrap
 import time
 from pathlib import Path
 
-from flows.process import run_process
+import pytest
+
+from flows.script_runner import run_process
+
+pytestmark = pytest.mark.unit
 
 PY = sys.executable
 
@@ -55,6 +59,7 @@ middle = (
     "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\\n"
     "time.sleep(600)\\n"
 )
+
 grandchild = subprocess.Popen([sys.executable, "-c", middle, pidfile + ".ggc", sleeper])
 deadline = time.monotonic() + 20
 while not os.path.exists(pidfile + ".ggc") and time.monotonic() < deadline:

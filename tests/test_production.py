@@ -16,18 +16,18 @@ import uuid
 import httpx
 import psycopg
 import pytest
-from conftest import (
-    REPO,
-    STATE,
-    STUB_ROOT,
-    insert_pending,
-    start_prefect_server,
-    stop_process_group,
-    wait_for,
-)
-from shim_helpers import free_port, start_shim_process
 
-from flows.syncjob import flow_run_of
+from deployments.syncjob import flow_run_of
+from support.paths import REPO, STATE, STUB_ROOT
+from support.polling import wait_for
+from support.ports import free_port
+from support.prefect_server import start_prefect_server
+from support.processes import stop_process_group
+from support.shim import start_shim_process
+from support.syncjob import insert_pending
+
+pytestmark = pytest.mark.slow
+
 
 SCRIPTS = ["sync-assemblee", "sync-senat", "sync-press", "sync-press-analysis"]
 
@@ -63,7 +63,7 @@ def prefect_on_postgres(pg_url):
     stop_process_group(server)
 
 
-def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_url, store, stubs):
+def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_url, syncjobs, stubs):
     api = prefect_on_postgres
     schema = f"shim_{uuid.uuid4().hex[:8]}"
     base = production_env(api, pg_url, {"STUB_DIR": str(STUB_ROOT), "POLIGRAPH_SHIM_SCHEMA": schema})
@@ -113,7 +113,7 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
                 events.append(("sync/" + script, f"c{uuid.uuid4().hex[:24]}", script))
             events.append(("sync/press", f"c{uuid.uuid4().hex[:24]}", "press"))
         for i, (name, job_id, row_script) in enumerate(events):
-            insert_pending(store, job_id, row_script)
+            insert_pending(syncjobs, job_id, row_script)
             body = [{"name": name, "data": {"jobId": job_id}}]
             sent = httpx.post(
                 f"http://127.0.0.1:{shim_ports[i % 2]}/e/NO_EVENT_KEY_SET", content=json.dumps(body)
@@ -121,9 +121,9 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
             assert sent.json()["status"] == 200
 
         def all_done() -> bool:
-            states = [store.get(job_id)["status"] for _, job_id, _ in events]
+            states = [syncjobs.get(job_id)["status"] for _, job_id, _ in events]
             assert "FAILED" not in states, [
-                store.get(j)["error"] for _, j, _ in events if store.get(j)["error"]
+                syncjobs.get(j)["error"] for _, j, _ in events if syncjobs.get(j)["error"]
             ]
             return all(s == "COMPLETED" for s in states)
 
@@ -135,7 +135,7 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
     # exactly once: 5 runs per script alone, plus 5 press groups running sync-press + analysis
     expected = {"sync-assemblee": 5, "sync-senat": 5, "sync-press": 10, "sync-press-analysis": 10}
     assert {s: stubs.starts(s) for s in SCRIPTS} == expected
-    flow_runs = {flow_run_of(store.get(job_id)) for _, job_id, _ in events}
+    flow_runs = {flow_run_of(syncjobs.get(job_id)) for _, job_id, _ in events}
     assert len(flow_runs) == len(events)
     for script in SCRIPTS:  # never two runs of one script at once, across both workers
         ordered = stubs.intervals(script)
@@ -146,9 +146,9 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
 
 
 def _generated_prefect_yaml() -> str:
-    from deployments.models import load_catalog
+    from deployments.catalog import load_catalog
     from deployments.prefect_yaml import render
-    from flows.settings import DEFAULT_CATALOG
+    from deployments.settings import DEFAULT_CATALOG
 
     return render(load_catalog(DEFAULT_CATALOG))
 
@@ -161,10 +161,10 @@ def test_rollout_prunes_renamed_deployments_and_removed_schedules(prefect_api):
     from prefect.client.schemas.schedules import CronSchedule
 
     from deployments.catalog import get_catalog
-    from deployments.serve import runner_deployment
-    from deployments.setup import prune
     from deployments.specs import deployment_specs
     from flows.sync_script import sync_script
+    from scripts.serve import runner_deployment
+    from scripts.setup import prune
 
     catalog = get_catalog()
     for spec in deployment_specs(catalog):

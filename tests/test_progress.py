@@ -6,6 +6,8 @@ import pytest
 
 from flows.progress import ProgressReport, parse_progress
 
+pytestmark = pytest.mark.unit
+
 
 def test_count() -> None:
     assert parse_progress("PROGRESS 40/120") == ProgressReport(fraction=40 / 120, processed=40, total=120)

@@ -12,10 +12,12 @@ import httpx
 import inngest
 import pytest
 from inngest._internal.errors import SendEventsError  # the SDK does not re-export it
-from shim_helpers import dev_client, key_client, running_shim, sqlite_store
 
 from shim.ids import event_ids, parse_seed, seeded_id
 from shim.settings import ShimSettings
+from support.shim import dev_client, key_client, running_shim, sqlite_outbox
+
+pytestmark = pytest.mark.unit
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -32,9 +34,9 @@ def seed_header(millis: int, entropy: bytes) -> str:
 
 @pytest.fixture
 def dev_shim(tmp_path):
-    store = sqlite_store(tmp_path)
-    with running_shim(ShimSettings(), store) as (url, _app):
-        yield url, store
+    outbox = sqlite_outbox(tmp_path)
+    with running_shim(ShimSettings(), outbox) as (url, _app):
+        yield url, outbox
 
 
 # --- ids ----------------------------------------------------------------------------------------
@@ -77,14 +79,14 @@ def test_invalid_seeds_give_random_ulids(header):
 
 # --- the SDK against the shim -------------------------------------------------------------------
 def test_sdk_single_and_batch_sends_are_stored_in_order(dev_shim):
-    url, store = dev_shim
+    url, outbox = dev_shim
     client = dev_client(url)
     (single,) = client.send_sync(inngest.Event(name="sync/press", data={"jobId": "cjob1"}))
     batch = client.send_sync(
         [inngest.Event(name="sync/sync-assemblee"), inngest.Event(name="sync/daily", id="user-1")]
     )
     assert len(single) == 26 and len(batch) == 2 and len(set(batch)) == 2
-    rows = {row["event_id"]: row for row in store.events()}
+    rows = {row["event_id"]: row for row in outbox.events()}
     assert rows[single]["deployment"] == "sync-group/press"
     assert rows[single]["parameters"] == {"job_id": "cjob1"} and rows[single]["status"] == "pending"
     assert rows[batch[0]]["deployment"] == "sync-script/sync-assemblee"
@@ -93,35 +95,35 @@ def test_sdk_single_and_batch_sends_are_stored_in_order(dev_shim):
 
 
 def test_sync_daily_alias_reaches_the_daily_group(dev_shim):
-    url, store = dev_shim
+    url, outbox = dev_shim
     (event_id,) = dev_client(url).send_sync(inngest.Event(name="sync/sync-daily", data={"jobId": "c2"}))
-    (row,) = [r for r in store.events() if r["event_id"] == event_id]
+    (row,) = [r for r in outbox.events() if r["event_id"] == event_id]
     assert row["deployment"] == "sync-group/sync-daily" and row["parameters"] == {"job_id": "c2"}
 
 
 def test_same_seed_twice_returns_the_same_ids_and_one_pending_event_each(dev_shim):
-    url, store = dev_shim
+    url, outbox = dev_shim
     body = [{"name": "sync/press", "data": {}}, {"name": "sync/votes", "data": {}}]
     headers = {"x-inngest-event-id-seed": seed_header(1767225600000, b"0123456789")}
     first = httpx.post(f"{url}/e/NO_EVENT_KEY_SET", json=body, headers=headers).json()
     second = httpx.post(f"{url}/e/NO_EVENT_KEY_SET", json=body, headers=headers).json()
     assert first == second and first["status"] == 200 and len(first["ids"]) == 2
-    statuses = sorted(r["status"] for r in store.events())
+    statuses = sorted(r["status"] for r in outbox.events())
     assert statuses == ["duplicate", "duplicate", "pending", "pending"]
 
 
 def test_same_user_id_within_24h_is_recorded_but_starts_nothing(dev_shim):
-    url, store = dev_shim
+    url, outbox = dev_shim
     client = dev_client(url)
     client.send_sync(inngest.Event(name="sync/press", id="order-7"))
     client.send_sync(inngest.Event(name="sync/press", id="order-7"))
-    assert [r["status"] for r in store.events()] == ["pending", "duplicate"]
+    assert [r["status"] for r in outbox.events()] == ["pending", "duplicate"]
 
 
 def test_key_mode_accepts_configured_keys_only(tmp_path):
-    store = sqlite_store(tmp_path)
+    outbox = sqlite_outbox(tmp_path)
     settings = ShimSettings(event_keys="k-one,k-two")
-    with running_shim(settings, store) as (url, _app):
+    with running_shim(settings, outbox) as (url, _app):
         assert key_client(url, "k-two").send_sync(inngest.Event(name="sync/press"))
         with pytest.raises(SendEventsError, match="Event key not found"):
             key_client(url, "wrong").send_sync(inngest.Event(name="sync/press"))
@@ -131,7 +133,7 @@ def test_key_mode_accepts_configured_keys_only(tmp_path):
         assert response.status_code == 401
         assert response.json() == {"status": 401, "message": "", "error": "Event key not found"}
         assert response.headers["x-inngest-server-kind"] == "cloud"
-    assert len(store.events()) == 1
+    assert len(outbox.events()) == 1
 
 
 def test_dev_mode_is_refused_off_loopback_unless_forced():
@@ -143,7 +145,7 @@ def test_dev_mode_is_refused_off_loopback_unless_forced():
 
 
 def test_health_and_dev_probe(dev_shim):
-    url, _store = dev_shim
+    url, _outbox = dev_shim
     health = httpx.get(f"{url}/health")
     assert health.status_code == 200 and health.json() == {"status": 200, "message": "OK"}
     assert health.headers["x-inngest-server-kind"] == "dev"
@@ -151,11 +153,11 @@ def test_health_and_dev_probe(dev_shim):
 
 
 def test_single_object_body_and_empty_body(dev_shim):
-    url, store = dev_shim
+    url, outbox = dev_shim
     one = httpx.post(f"{url}/e/any-key", content=b'{"name":"sync/press","data":null}').json()
     assert one["status"] == 200 and len(one["ids"]) == 1 and "error" not in one
     assert httpx.post(f"{url}/e/any-key", content=b"").json() == {"ids": [], "status": 200}
-    assert store.events()[0]["payload"]["data"] == {}
+    assert outbox.events()[0]["payload"]["data"] == {}
 
 
 # --- validation: exact bodies, nothing stored ---------------------------------------------------
@@ -201,23 +203,23 @@ BIG = "x" * (3 * 1024 * 1024)
     ],
 )
 def test_bad_events_get_the_servers_error_and_change_nothing(dev_shim, body, error):
-    url, store = dev_shim
+    url, outbox = dev_shim
     content = body.encode() if isinstance(body, str) else json.dumps(body, separators=(",", ":")).encode()
     response = httpx.post(f"{url}/e/NO_EVENT_KEY_SET", content=content, timeout=30)
     assert response.status_code == 400
     assert response.json() == {"ids": [], "status": 400, "error": error}
-    assert store.events() == []
+    assert outbox.events() == []
 
 
 def test_sdk_raises_the_servers_error_text(dev_shim):
-    url, store = dev_shim
+    url, outbox = dev_shim
     with pytest.raises(SendEventsError, match="^event name is empty$"):
         dev_client(url).send_sync(inngest.Event(name=""))
-    assert store.events() == []
+    assert outbox.events() == []
 
 
 def test_oversized_single_object_is_refused(dev_shim):
-    url, _store = dev_shim
+    url, _outbox = dev_shim
     content = json.dumps({"name": "sync/press", "data": {"blob": BIG}}).encode()
     body = httpx.post(f"{url}/e/k", content=content, timeout=30).json()
     assert body["status"] == 400 and body["error"].startswith("Event is over the max size: Max 3145728")
@@ -261,9 +263,9 @@ def test_oversized_single_object_is_refused(dev_shim):
     ],
 )
 def test_event_data_becomes_parameters_or_a_reason(dev_shim, name, data, action, expected):
-    url, store = dev_shim
+    url, outbox = dev_shim
     dev_client(url).send_sync(inngest.Event(name=name, data=data))
-    (row,) = store.events()
+    (row,) = outbox.events()
     assert row["action"] == action
     if action == "run":
         assert row["parameters"] == expected and row["status"] == "pending"
@@ -277,14 +279,14 @@ def test_a_repeated_id_starts_a_run_again_once_its_24_hours_are_over(dev_shim):
 
     from shim.tables import inngest_dedupe
 
-    url, store = dev_shim
+    url, outbox = dev_shim
     client = dev_client(url)
     client.send_sync(inngest.Event(name="sync/press", id="weekly"))
-    with store.engine.begin() as conn:  # a day later
+    with outbox.engine.begin() as conn:  # a day later
         conn.execute(sa.update(inngest_dedupe).values(expires_at=sa.func.datetime("now", "-1 minute")))
     client.send_sync(inngest.Event(name="sync/press", id="weekly"))
     client.send_sync(inngest.Event(name="sync/press", id="weekly"))
-    assert [r["status"] for r in store.events()] == ["pending", "pending", "duplicate"]
+    assert [r["status"] for r in outbox.events()] == ["pending", "pending", "duplicate"]
 
 
 def test_migrations_build_exactly_the_tables_the_code_uses(tmp_path):
@@ -293,7 +295,7 @@ def test_migrations_build_exactly_the_tables_the_code_uses(tmp_path):
 
     from shim.tables import metadata
 
-    store = sqlite_store(tmp_path)
-    with store.engine.connect() as conn:
+    outbox = sqlite_outbox(tmp_path)
+    with outbox.engine.connect() as conn:
         diffs = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diffs == []

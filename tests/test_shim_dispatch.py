@@ -17,17 +17,21 @@ import inngest
 import pytest
 import respx
 import sqlalchemy as sa
-from conftest import insert_pending, run_async, wait_for
 from prefect.client.orchestration import get_client
-from shim_helpers import dev_client, free_port, running_shim, start_shim_process
 
 from deployments.catalog import get_catalog
-from deployments.serve import runner_deployment
+from deployments.settings import get_settings
 from deployments.specs import deployment_specs
-from flows.settings import get_settings
+from scripts.serve import runner_deployment
 from shim.dispatcher import Dispatcher
+from shim.outbox import open_outbox
 from shim.settings import ShimSettings
-from shim.store import open_store
+from support.polling import run_async, wait_for
+from support.ports import free_port
+from support.shim import dev_client, running_shim, start_shim_process
+from support.syncjob import insert_pending
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,8 @@ def shim_settings():
 
 
 @pytest.fixture
-def outbox(deployed, store, shim_settings):
-    return open_store(shim_settings, get_settings())
+def outbox(deployed, syncjobs, shim_settings):
+    return open_outbox(shim_settings, get_settings())
 
 
 def flow_runs(ids) -> dict:
@@ -75,8 +79,8 @@ def test_tables_live_in_their_own_schema(outbox, shim_settings, pg_url):
     assert not [t for t in tables if t[0] == "public"]
 
 
-def test_each_event_becomes_one_run_with_its_parameters(outbox, shim_settings, store):
-    insert_pending(store, "cshimjob00000000000000001", "alpha")
+def test_each_event_becomes_one_run_with_its_parameters(outbox, shim_settings, syncjobs):
+    insert_pending(syncjobs, "cshimjob00000000000000001", "alpha")
     with running_shim(shim_settings, outbox, catalog=get_catalog()) as (url, app):
         client = dev_client(url)
         client.send_sync(
@@ -95,12 +99,12 @@ def test_each_event_becomes_one_run_with_its_parameters(outbox, shim_settings, s
     assert run.parameters == {"script": "alpha", "limit": 4, "job_id": "cshimjob00000000000000001"}
     assert run.idempotency_key == f"sync-script/alpha:{alpha['pk']}"
     assert {"inngest", "event:sync/alpha"} <= set(run.tags)
-    assert store.get("cshimjob00000000000000001")["status"] == "PENDING"  # the flow owns it now
+    assert syncjobs.get("cshimjob00000000000000001")["status"] == "PENDING"  # the flow owns it now
 
 
-def test_refused_events_fail_their_job_at_once(outbox, shim_settings, store):
-    insert_pending(store, "cshimnohandler00000000001", "nope")
-    insert_pending(store, "cshimbadflag0000000000001", "alpha")
+def test_refused_events_fail_their_job_at_once(outbox, shim_settings, syncjobs):
+    insert_pending(syncjobs, "cshimnohandler00000000001", "nope")
+    insert_pending(syncjobs, "cshimbadflag0000000000001", "alpha")
     with running_shim(shim_settings, outbox, catalog=get_catalog()) as (url, app):
         client = dev_client(url)
         client.send_sync(inngest.Event(name="sync/nope", data={"jobId": "cshimnohandler00000000001"}))
@@ -108,9 +112,9 @@ def test_refused_events_fail_their_job_at_once(outbox, shim_settings, store):
             inngest.Event(name="sync/alpha", data={"jobId": "cshimbadflag0000000000001", "flags": "--rm -rf"})
         )
         app.state.dispatcher.dispatch_due()
-    nohandler = store.get("cshimnohandler00000000001")
+    nohandler = syncjobs.get("cshimnohandler00000000001")
     assert nohandler["status"] == "FAILED" and nohandler["error"] == "no flow handles sync/nope"
-    badflag = store.get("cshimbadflag0000000000001")
+    badflag = syncjobs.get("cshimbadflag0000000000001")
     assert badflag["status"] == "FAILED" and "--rm is not allowed for alpha" in badflag["error"]
     assert all(r["flow_run_id"] is None for r in outbox.events())
 
@@ -157,7 +161,7 @@ def test_a_run_created_before_a_crash_is_found_again_not_duplicated(outbox, shim
     assert row["status"] == "done" and row["flow_run_id"] == str(first)
 
 
-def test_killed_shim_dispatches_every_pending_event_exactly_once_after_restart(deployed, store, pg_url):
+def test_killed_shim_dispatches_every_pending_event_exactly_once_after_restart(deployed, syncjobs, pg_url):
     schema = f"shim_{uuid.uuid4().hex[:10]}"
     port = free_port()
     env = {
@@ -169,7 +173,7 @@ def test_killed_shim_dispatches_every_pending_event_exactly_once_after_restart(d
     def start() -> subprocess.Popen[bytes]:
         return start_shim_process(env, port, f"shim-{schema}.log")
 
-    outbox = open_store(ShimSettings(schema_name=schema), get_settings())
+    outbox = open_outbox(ShimSettings(schema_name=schema), get_settings())
     proc = start()
     events = [{"name": "sync/alpha", "data": {"limit": i + 1}} for i in range(40)]
     body = httpx.post(f"http://127.0.0.1:{port}/e/NO_EVENT_KEY_SET", content=json.dumps(events)).json()

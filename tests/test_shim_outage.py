@@ -9,17 +9,24 @@ import os
 import uuid
 
 import httpx
-from conftest import STATE, run_async, start_prefect_server, stop_process_group, wait_for
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from shim_helpers import free_port, start_shim_process
 
 from deployments.catalog import get_catalog
-from deployments.serve import runner_deployment
+from deployments.settings import get_settings
 from deployments.specs import deployment_specs
-from flows.settings import get_settings
+from scripts.serve import runner_deployment
+from shim.outbox import open_outbox
 from shim.settings import ShimSettings
-from shim.store import open_store
+from support.paths import STATE
+from support.polling import run_async, wait_for
+from support.ports import free_port
+from support.prefect_server import start_prefect_server
+from support.processes import stop_process_group
+from support.shim import start_shim_process
+
+pytestmark = pytest.mark.slow
 
 
 def send(port: int, count: int, offset: int) -> list[str]:
@@ -29,7 +36,7 @@ def send(port: int, count: int, offset: int) -> list[str]:
     return body["ids"]
 
 
-def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, store):
+def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, syncjobs):
     prefect_port, shim_port = free_port(), free_port()
     home = STATE / f"outage-{uuid.uuid4().hex[:6]}"
     api = f"http://127.0.0.1:{prefect_port}/api"
@@ -46,7 +53,7 @@ def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, stor
         "POLIGRAPH_SHIM_PREFECT_TIMEOUT_SECONDS": "2",
     }
     shim = start_shim_process(env, shim_port, "outage-shim.log")
-    outbox = open_store(ShimSettings(schema_name=schema), get_settings())
+    outbox = open_outbox(ShimSettings(schema_name=schema), get_settings())
     try:
         send(shim_port, 2, 0)
         wait_for(lambda: outbox.pending_count() == 0, timeout=60, what="dispatch while Prefect is up")

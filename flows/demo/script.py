@@ -17,9 +17,8 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from deployments.catalog import get_catalog
+from deployments.catalog import UnknownTarget, get_catalog
 from deployments.flags import FlagError, validate_flags
-from deployments.models import UnknownTarget
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""Alembic environment: run with the connection given by shim.store.migrate()."""
+"""Alembic environment: run with the connection given by shim.outbox.migrate()."""
 
 from alembic import context
 

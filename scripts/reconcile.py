@@ -1,7 +1,7 @@
 """Keep SyncJob rows and flow runs in agreement, whatever happened to the processes.
 
-Three passes, run by a thread of the serving process (`deployments.serve`) or alone
-(`python -m flows.reconcile`):
+Passes, run by a thread of the serving process (`scripts.serve`) or alone, next to each worker
+(`python -m scripts.reconcile`):
 
 * cancel: a row the admin (or `poligraph-jobs cancel`) flipped to FAILED with the cancel message
   while its flow run still runs → the flow run is cancelled in Prefect, which stops the process
@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
@@ -30,14 +29,16 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelling, Crashed
+from prefect.states import Crashed
 
 from deployments.catalog import get_catalog
+from deployments.settings import get_settings
+from deployments.specs import is_critical
+from deployments.syncjob import SyncJobRepository, flow_run_of, syncjob_repository, utcnow
 from flows.alerts import alert_failure
 from flows.liveness import dead_runs
-from flows.process import kill_group_now
-from flows.settings import get_settings
-from flows.syncjob import SyncJobStore, flow_run_of, get_store, utcnow
+from flows.process_tree import kill_group_now
+from scripts.cancel import FINAL, cancel_flow_run, state_of
 
 log = logging.getLogger("poligraph.reconcile")
 ENDED_BADLY = {
@@ -45,12 +46,11 @@ ENDED_BADLY = {
     StateType.CANCELLED: "a été annulé",
     StateType.FAILED: "a échoué",
 }
-FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 
 
 class Reconciler:
-    def __init__(self, store: SyncJobStore | None = None) -> None:
-        self.store = store or get_store()
+    def __init__(self, repository: SyncJobRepository | None = None) -> None:
+        self.repository = repository or syncjob_repository()
         self.settings = get_settings()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,20 +61,14 @@ class Reconciler:
         """Cancel the flow runs of cancelled rows; return the flow run ids asked to cancel."""
         asked = []
         since = utcnow() - timedelta(hours=6)
-        for row in self.store.cancelled_since(since):
+        for row in self.repository.cancelled_since(since):
             run_id = flow_run_of(row)
             if not run_id or run_id in self._cancel_requested:
                 continue
-            state = _state_of(client, run_id)
-            if state is None or state.type in FINAL or state.name == "Cancelling":
-                self._cancel_requested.add(run_id)
-                continue
-            client.set_flow_run_state(
-                UUID(run_id), Cancelling(message="cancelled from the admin"), force=True
-            )
             self._cancel_requested.add(run_id)
-            asked.append(run_id)
-            log.info("SyncJob %s cancelled: cancelling flow run %s", row["id"], run_id)
+            if cancel_flow_run(client, run_id, "cancelled from the admin"):
+                asked.append(run_id)
+                log.info("SyncJob %s cancelled: cancelling flow run %s", row["id"], run_id)
         return asked
 
     def dead_local_runs_pass(self, client: SyncPrefectClient) -> list[str]:
@@ -85,12 +79,12 @@ class Reconciler:
                 "Le processus qui exécutait ce run est mort (service arrêté, machine "
                 "redémarrée ou mémoire épuisée)."
             )
-            state = _state_of(client, run.flow_run_id)
+            state = state_of(client, run.flow_run_id)
             if state is not None and state.type not in FINAL:
                 client.set_flow_run_state(UUID(run.flow_run_id), Crashed(message=reason), force=True)
             for pgid in run.script_groups:  # scripts run in their own session: they outlive it
                 kill_group_now(pgid)
-            if self.store.mark_failed(run.job_id, reason, only_if_active=True):
+            if self.repository.mark_failed(run.job_id, reason, only_if_active=True):
                 failed.append(run.job_id)
                 self._alert(run.job_id, run.flow_run_id, reason)
             run.path.unlink(missing_ok=True)
@@ -99,7 +93,7 @@ class Reconciler:
     def states_pass(self, client: SyncPrefectClient) -> list[str]:
         """Active rows whose flow run ended badly or disappeared → FAILED with the reason."""
         failed = []
-        for row in self.store.active():
+        for row in self.repository.active():
             run_id = flow_run_of(row)
             if not run_id:
                 continue  # not started yet: the admin's own sweep covers rows that never start
@@ -112,7 +106,7 @@ class Reconciler:
                 if state is None or state.type not in ENDED_BADLY:
                     continue
                 reason = f"Le run Prefect {ENDED_BADLY[state.type]} : {state.message or state.name}"
-            if self.store.mark_failed(row["id"], reason, only_if_active=True):
+            if self.repository.mark_failed(row["id"], reason, only_if_active=True):
                 failed.append(row["id"])
                 self._alert(row["id"], run_id, reason, script=row["script"])
                 log.info("SyncJob %s → FAILED: %s", row["id"], reason)
@@ -148,13 +142,9 @@ class Reconciler:
 
     def _alert(self, job_id: str, flow_run_id: str, reason: str, script: str | None = None) -> None:
         if script is None:
-            row = self.store.get(job_id)
+            row = self.repository.get(job_id)
             script = row["script"] if row else None
-        try:
-            critical = script is not None and get_catalog().script(script).critical
-        except KeyError:
-            critical = False
-        if critical:
+        if script and is_critical(get_catalog(), script):
             alert_failure(script, job_id, flow_run_id, reason)
 
     # --- loop ----------------------------------------------------------------------------
@@ -176,13 +166,6 @@ class Reconciler:
                 log.exception("reconcile pass failed")
             elapsed = time.monotonic() - started
             self._stop.wait(max(0.0, self.settings.reconcile_interval_seconds - elapsed))
-
-
-def _state_of(client: SyncPrefectClient, run_id: str) -> Any:
-    try:
-        return client.read_flow_run(UUID(run_id)).state
-    except ObjectNotFound:
-        return None
 
 
 def main() -> None:

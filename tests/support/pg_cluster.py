@@ -14,7 +14,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,8 @@ from typing import Any
 
 import psycopg
 from sqlalchemy.engine import make_url
+
+from support.ports import free_port
 
 DB_NAME = "poligraph"
 SUPERUSER = "postgres"  # role created by initdb; auth is `trust`
@@ -60,13 +61,6 @@ def find_pg_bindir() -> Path:
         "PostgreSQL server binaries (initdb) not found via `pg_config --bindir` or "
         f"/usr/lib/postgresql/*/bin. Install them with: {INSTALL_HINT}"
     )
-
-
-def _free_port() -> int:
-    # Bind port 0 and let the kernel choose; tiny race until postgres binds it.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run_as_kwargs(workdir: Path) -> dict[str, Any]:
@@ -154,7 +148,7 @@ def temporary_postgres() -> Iterator[str]:
             "initdb",
         )  # fmt: skip
 
-        port = _free_port()
+        port = free_port()
         log_path = tmp / "server.log"
         with open(log_path, "wb") as log:  # child keeps its own copy of the fd
             server = subprocess.Popen(

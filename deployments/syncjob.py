@@ -1,4 +1,5 @@
-"""The app's `SyncJob` table, as Prisma shapes it, and the writes a run makes to it.
+"""The SyncJob repository: the app's `SyncJob` table, as Prisma shapes it, and every read and
+write this project makes to it (runs, the shim, the reconciler, the CLI).
 
 Production never creates or alters the table (Prisma owns it); only the embedded SQLite default
 is created here. Timestamps are naive UTC, as Prisma stores `TIMESTAMP(3)`.
@@ -19,8 +20,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.dml import ReturningInsert
 
-from flows.settings import Settings, get_settings
+from deployments.settings import Settings, get_settings
 
 ERROR_MAX_CHARS = 2000
 # What the admin's cancel (PATCH /api/admin/syncs/<id>) writes; `cancel` in the CLI writes it too.
@@ -102,7 +104,7 @@ def job_id_for_flow_run(flow_run_id: str) -> str:
     itself without storing anything else.
     """
     number = int.from_bytes(hashlib.sha256(str(flow_run_id).encode()).digest()[:16], "big")
-    digits = []
+    digits: list[str] = []
     while len(digits) < 24:
         number, rest = divmod(number, 36)
         digits.append(_BASE36[rest])
@@ -118,7 +120,7 @@ def truncate_error(message: str) -> str:
     return head + marker + message[-(ERROR_MAX_CHARS - len(head) - len(marker)) :]
 
 
-def not_cancelled():
+def not_cancelled() -> sa.ColumnElement[bool]:
     """Rows a run may still write: anything but a cancel (an admin cancel is final)."""
     c = sync_job.c
     return sa.or_(c.status != SyncJobStatus.FAILED, c.error.is_(None), c.error != CANCEL_MESSAGE)
@@ -127,7 +129,7 @@ def not_cancelled():
 ACTIVE = (SyncJobStatus.PENDING, SyncJobStatus.RUNNING)
 
 
-class SyncJobStore:
+class SyncJobRepository:
     """The writes a run makes. Every method is one short transaction.
 
     None of them overwrites a cancelled row. A row failed by the admin's stale sweep is
@@ -137,14 +139,14 @@ class SyncJobStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _upsert(self, values: dict[str, Any], update: dict[str, Any]):
+    def _upsert(self, values: dict[str, Any], update: dict[str, Any]) -> ReturningInsert[Any]:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(sync_job).values(**values)
         return insert.on_conflict_do_update(
             index_elements=["id"], set_=update, where=not_cancelled()
         ).returning(sync_job.c.id)
 
-    def _update(self, job_id: str, values: dict[str, Any], *conditions) -> bool:
+    def _update(self, job_id: str, values: dict[str, Any], *conditions: sa.ColumnElement[bool]) -> bool:
         stmt = (
             sa.update(sync_job).where(sync_job.c.id == job_id, not_cancelled(), *conditions).values(**values)
         )
@@ -302,5 +304,6 @@ def flow_run_of(row: Mapping[str, Any]) -> str | None:
     return result.get("flowRunId") if isinstance(result, dict) else None
 
 
-def get_store(settings: Settings | None = None) -> SyncJobStore:
-    return SyncJobStore(engine_for(settings))
+def syncjob_repository(settings: Settings | None = None) -> SyncJobRepository:
+    """The SyncJob repository on DATABASE_URL (or the embedded SQLite file)."""
+    return SyncJobRepository(engine_for(settings))

@@ -1,10 +1,11 @@
-"""The event outbox: events are committed here before the client gets its 200, then dispatched."""
+"""The event outbox: every accepted event is committed here before the client gets its 200; the
+dispatcher then claims the pending ones and turns them into flow runs."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,8 @@ from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from flows.settings import Settings, get_settings
-from flows.syncjob import sqlalchemy_url, utcnow
+from deployments.settings import Settings, get_settings
+from deployments.syncjob import sqlalchemy_url, utcnow
 from shim.events import InboundEvent
 from shim.mapping import NOTHING, EventAction
 from shim.settings import ShimSettings
@@ -60,7 +61,7 @@ class Recorded:
     status: str
 
 
-class EventStore:
+class EventOutbox:
     def __init__(self, engine: Engine, dedupe_hours: float = 24) -> None:
         self.engine = engine
         self.dedupe_window = timedelta(hours=dedupe_hours)
@@ -103,7 +104,7 @@ class EventStore:
                 recorded.append(Recorded(event_id, status))
         return recorded
 
-    def _claim_dedupe_key(self, conn: Connection, key: str, pk: str, now) -> bool:
+    def _claim_dedupe_key(self, conn: Connection, key: str, pk: str, now: datetime) -> bool:
         """True when no live event holds `key` (it is now ours for the dedupe window)."""
         insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(
             inngest_dedupe
@@ -165,8 +166,8 @@ class EventStore:
             return conn.execute(query).scalar_one()
 
 
-def open_store(shim: ShimSettings, app: Settings | None = None) -> EventStore:
+def open_outbox(shim: ShimSettings, app: Settings | None = None) -> EventOutbox:
     app = app or get_settings()
     engine = _engine(shim_database_url(shim, app), shim.schema_name)
     migrate(engine, shim.schema_name)
-    return EventStore(engine, shim.dedupe_hours)
+    return EventOutbox(engine, shim.dedupe_hours)

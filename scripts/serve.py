@@ -1,41 +1,47 @@
-"""Serve every catalog deployment (with schedules) from this process.
+"""Serve every catalog deployment (with schedules) from this process, and run the reconciler.
 
-    python -m deployments.serve
+    python -m scripts.serve
 
 Runs execute in subprocesses of this one. `limit` is explicit (None would mean unlimited) and
-`pause_on_shutdown=False` keeps the crons active across restarts (prefect-notes §1.1).
+`pause_on_shutdown=False` keeps the crons active across restarts (docs/prefect.md, "serve").
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from prefect import serve
+from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from deployments.catalog import get_catalog
-from deployments.concurrency import ensure_script_limits
-from deployments.specs import SCRIPT_FLOW, DeploymentSpec, deployment_specs
-from flows.reconcile import Reconciler
-from flows.settings import get_settings
+from deployments.settings import get_settings
+from deployments.specs import DEPLOYMENT_CONCURRENCY, SCRIPT, DeploymentSpec, deployment_specs
 from flows.sync_group import sync_group
 from flows.sync_script import sync_script
+from scripts.limits import ensure_script_limits
+from scripts.reconcile import Reconciler
 
-ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+ONE_AT_A_TIME = ConcurrencyLimitConfig(
+    limit=DEPLOYMENT_CONCURRENCY["limit"],
+    collision_strategy=ConcurrencyLimitStrategy(DEPLOYMENT_CONCURRENCY["collision_strategy"]),
+)
 
 
 def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
-    flow = sync_script if spec.flow == SCRIPT_FLOW else sync_group
-    return flow.to_deployment(
+    flow: Flow[..., Any] = sync_script if spec.kind == SCRIPT else sync_group
+    deployment = flow.to_deployment(
         name=spec.name,
         description=spec.description,
         parameters=spec.parameters,
-        tags=[*spec.tags, *(f"event:{e}" for e in spec.events)],
+        tags=spec.tags,
         concurrency_limit=ONE_AT_A_TIME,
         schedules=[Cron(s.cron, timezone=s.timezone, slug=s.slug) for s in spec.schedules],
     )
+    assert isinstance(deployment, RunnerDeployment)  # called from sync code: not a coroutine
+    return deployment
 
 
 def main() -> None:

@@ -11,8 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from deployments.syncjob import SyncJobRepository
 from flows.progress import ProgressReport
-from flows.syncjob import SyncJobStore
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +20,14 @@ log = logging.getLogger(__name__)
 class ProgressTracker:
     def __init__(
         self,
-        store: SyncJobStore,
+        repository: SyncJobRepository,
         job_id: str,
         step_index: int,
         step_count: int,
         min_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.store = store
+        self.repository = repository
         self.job_id = job_id
         self.step_index = step_index
         self.step_count = max(step_count, 1)
@@ -59,7 +59,7 @@ class ProgressTracker:
             return
         progress, processed, total = self._pending
         try:
-            self.store.set_progress(self.job_id, progress, processed, total)
+            self.repository.set_progress(self.job_id, progress, processed, total)
         except Exception:  # progress is best effort; the run must not fail for it
             log.warning("could not write progress of SyncJob %s", self.job_id, exc_info=True)
             return

@@ -1,9 +1,9 @@
 """Create the per-script global concurrency limits (limit 1) before any run needs them.
 
 Steps take them with strict=True, so a missing limit fails the step instead of running it
-unprotected (prefect-notes §7.1). `serve` calls this at start; after `prefect deploy`, run
+unprotected. `serve` and `setup` call this; alone:
 
-    python -m deployments.concurrency
+    python -m scripts.limits
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import asyncio
 
 from prefect.client.orchestration import get_client
 
-from deployments.catalog import get_catalog
-from deployments.models import Catalog
-from flows.steps import script_limit_name
+from deployments.catalog import Catalog, get_catalog
+from deployments.specs import script_limit_name
 
 
 async def ensure_script_limits(catalog: Catalog) -> list[str]:

@@ -1,11 +1,11 @@
 """Production setup and roll-out, safe to run again:
 
-    python -m deployments.setup            # work pool + per-script concurrency limits
-    python -m deployments.setup --deploy   # ... then `prefect deploy --all` and prune what the
-                                           #     catalog no longer has
+    python -m scripts.setup            # work pool + per-script concurrency limits
+    python -m scripts.setup --deploy   # ... then `prefect deploy --all` and prune what the
+                                       #     catalog no longer has
 
 Pruning: `prefect deploy` never removes a schedule dropped from prefect.yaml (an empty
-`schedules:` does not clear them, prefect-notes §2) nor a deployment renamed away. Every
+`schedules:` does not clear them either) nor a deployment renamed away. Every
 deployment tagged `poligraph` that the catalog does not name is deleted, and every schedule
 whose slug the catalog does not list is removed.
 """
@@ -21,12 +21,11 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 from prefect.exceptions import ObjectNotFound
 
-from deployments.catalog import get_catalog
-from deployments.concurrency import ensure_script_limits
-from deployments.models import Catalog
+from deployments.catalog import Catalog, get_catalog
 from deployments.prefect_yaml import PREFECT_YAML, WORK_POOL
-from deployments.specs import deployment_specs
-from flows.settings import PACKAGE_ROOT
+from deployments.settings import PACKAGE_ROOT
+from deployments.specs import BASE_TAG, deployment_specs
+from scripts.limits import ensure_script_limits
 
 
 async def ensure_work_pool(client: PrefectClient, name: str = WORK_POOL) -> bool:
@@ -45,7 +44,7 @@ async def prune(client: PrefectClient, catalog: Catalog) -> list[str]:
     flows = {flow.id: flow.name for flow in await client.read_flows()}
     removed = []
     deployments = await client.read_deployments(
-        deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=["poligraph"])), limit=200
+        deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[BASE_TAG])), limit=200
     )
     for deployment in deployments:
         full_name = f"{flows.get(deployment.flow_id, '?')}/{deployment.name}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -10,34 +9,35 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import inngest
 import uvicorn
 
-from deployments.models import Catalog, load_catalog
-from flows.settings import DEFAULT_CATALOG, Settings
+from deployments.catalog import Catalog, load_catalog
+from deployments.settings import DEFAULT_CATALOG, Settings
 from shim.app import create_app
+from shim.outbox import EventOutbox, open_outbox
 from shim.settings import ShimSettings
-from shim.store import EventStore, open_store
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from support.paths import REPO, STATE
+from support.polling import wait_for
+from support.ports import free_port
 
 
 @contextmanager
 def running_shim(
-    settings: ShimSettings, store: EventStore, run_dispatcher: bool = False, catalog: Catalog | None = None
-) -> Iterator[tuple[str, object]]:
+    settings: ShimSettings,
+    outbox: EventOutbox,
+    run_dispatcher: bool = False,
+    catalog: Catalog | None = None,
+) -> Iterator[tuple[str, Any]]:
     """Yield (base url, app) of a shim served on 127.0.0.1 until the block ends.
 
     The catalog defaults to the real one (the tests' environment points at a test catalog).
     """
     catalog = catalog or load_catalog(DEFAULT_CATALOG)
-    app = create_app(settings, store=store, run_dispatcher=run_dispatcher, catalog=catalog)
+    app = create_app(settings, outbox=outbox, run_dispatcher=run_dispatcher, catalog=catalog)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -63,8 +63,6 @@ def shim_healthy(port: int) -> bool:
 
 def start_shim_process(env: dict[str, str], port: int, log_name: str) -> subprocess.Popen[bytes]:
     """`python -m shim` on `port` in its own session; returns once it answers /health."""
-    from conftest import REPO, STATE, wait_for
-
     log_path = STATE / log_name
     proc = subprocess.Popen(
         [sys.executable, "-m", "shim"],
@@ -83,8 +81,8 @@ def start_shim_process(env: dict[str, str], port: int, log_name: str) -> subproc
     return proc
 
 
-def sqlite_store(home: Path, **overrides) -> EventStore:
-    return open_store(ShimSettings(**overrides), Settings(database_url=None, home=home))
+def sqlite_outbox(home: Path, **overrides: Any) -> EventOutbox:
+    return open_outbox(ShimSettings(**overrides), Settings(database_url=None, home=home))
 
 
 def dev_client(base_url: str) -> inngest.Inngest:

@@ -1,7 +1,7 @@
 """Start everything on one machine: a Prefect server (SQLite, UI), every deployment served, and
 the Inngest-compatible Event API (shim) on :8288.
 
-    python -m deployments.local_stack          (what `make up` runs)
+    python -m scripts.local_stack          (what `make up` runs)
 
 Ctrl-C stops both. Local state lives in POLIGRAPH_HOME (default ~/.poligraph-jobs): the Prefect
 database under prefect/ unless PREFECT_HOME is set, and the SQLite SyncJob table unless
@@ -18,7 +18,7 @@ import time
 
 import httpx
 
-from flows.settings import get_settings
+from deployments.settings import get_settings
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 90.0
@@ -84,7 +84,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         wait_healthy(api_url, server, STARTUP_TIMEOUT)
-        serve = subprocess.Popen([sys.executable, "-m", "deployments.serve"], env=env)
+        serve = subprocess.Popen([sys.executable, "-m", "scripts.serve"], env=env)
         shim = subprocess.Popen([sys.executable, "-m", "shim"], env=env)
         print(
             f"\nUI: http://{HOST}:{port}   API: {api_url}\n"

@@ -1,0 +1,204 @@
+"""Run one command as a process tree we can always kill, streaming its output line by line.
+
+Why not subprocess.run(timeout=) or Prefect's task timeout: both stop only the direct child, so
+`npx` -> `node` -> its children survive (docs/prefect.md, "Timeouts"). The command gets its own
+session (process group); on timeout, cancellation or any exit we SIGTERM the whole group, then
+SIGKILL after a grace period. Why not prefect-shell's ShellOperation: it runs commands through
+a shell, and nothing here may ever go through one.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from flows.process_tree import group_alive, signal_group
+
+DRAIN_SECONDS = 2.0
+LineHandler = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line without \n)
+_Line = tuple[str, str] | None  # None: one stream reached its end
+
+
+@dataclass
+class ProcessOutcome:
+    argv: list[str]
+    exit_code: int | None
+    duration_seconds: float
+    timed_out: bool
+    tail: list[str] = field(default_factory=list)  # last lines of both streams, in order
+    stderr_tail: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+class ScriptProcess:
+    """One command in its own process group: start it, stream its lines, always stop its group."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        kill_grace_seconds: float = 10.0,
+        tail_lines: int = 30,
+    ) -> None:
+        self.argv = list(argv)
+        self.cwd = cwd
+        self.env = dict(env) if env is not None else None
+        self.kill_grace_seconds = kill_grace_seconds
+        self.tail: deque[str] = deque(maxlen=tail_lines)
+        self.stderr_tail: deque[str] = deque(maxlen=tail_lines)
+        self._lines: queue.Queue[_Line] = queue.Queue()
+        self._readers: list[threading.Thread] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started = 0.0
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self._proc is not None, "start() first"
+        return self._proc
+
+    def start(self) -> int:
+        """Start the command (no shell); return its pid, which is also its process group id."""
+        self._started = time.monotonic()
+        self._proc = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: killpg reaches every descendant
+        )
+        for pipe, name in ((self._proc.stdout, "stdout"), (self._proc.stderr, "stderr")):
+            assert pipe is not None
+            reader = threading.Thread(target=_pump, args=(pipe, name, self._lines), daemon=True)
+            reader.start()
+            self._readers.append(reader)
+        return self._proc.pid
+
+    def stream(self, on_line: LineHandler, timeout_seconds: float) -> bool:
+        """Hand every line to `on_line` until the command is done; True when it timed out."""
+        deadline = self._started + timeout_seconds
+        open_streams = len(self._readers)
+        drain_until: float | None = None  # set once the leader has exited
+        while open_streams:
+            now = time.monotonic()
+            if drain_until is None and self.proc.poll() is not None:
+                # A leftover background child may hold the pipes open for ever: read until the
+                # output has been quiet for a moment, then stop listening (the group is killed).
+                drain_until = now + DRAIN_SECONDS
+            if drain_until is not None and now >= drain_until:
+                break
+            if now >= deadline:
+                return True
+            try:
+                item = self._lines.get(timeout=min(deadline - now, 0.2))
+            except queue.Empty:
+                continue
+            if item is None:
+                open_streams -= 1
+                continue
+            if drain_until is not None:  # still draining: wait for silence, not a fixed time
+                drain_until = time.monotonic() + DRAIN_SECONDS
+            self._keep(*item)
+            on_line(*item)
+        try:  # streams closed; the leader may still be exiting
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after the grace."""
+        if self._proc is not None:
+            kill_process_group(self._proc, self.kill_grace_seconds)
+        for reader in self._readers:
+            reader.join(timeout=2)
+
+    def outcome(self, timed_out: bool) -> ProcessOutcome:
+        return ProcessOutcome(
+            argv=self.argv,
+            exit_code=None if timed_out else self.proc.returncode,
+            duration_seconds=round(time.monotonic() - self._started, 3),
+            timed_out=timed_out,
+            tail=list(self.tail),
+            stderr_tail=list(self.stderr_tail),
+        )
+
+    def _keep(self, stream: str, line: str) -> None:
+        self.tail.append(line)
+        if stream == "stderr":
+            self.stderr_tail.append(line)
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    timeout_seconds: float,
+    on_line: LineHandler,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    kill_grace_seconds: float = 10.0,
+    tail_lines: int = 30,
+    on_start: Callable[[int], None] | None = None,
+) -> ProcessOutcome:
+    """Run `argv` (no shell) until it exits or `timeout_seconds` pass; never leave a survivor."""
+    process = ScriptProcess(
+        argv, cwd=cwd, env=env, kill_grace_seconds=kill_grace_seconds, tail_lines=tail_lines
+    )
+    pgid = process.start()
+    try:
+        if on_start is not None:
+            on_start(pgid)
+        timed_out = process.stream(on_line, timeout_seconds)
+    finally:
+        # Always: on timeout, on cancellation (Prefect raises inside the flow) and on success
+        # (a script may leave background children behind).
+        process.stop()
+    return process.outcome(timed_out)
+
+
+def kill_process_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
+    """SIGTERM the process group of `proc`, then SIGKILL whatever is left after the grace."""
+    pgid = proc.pid  # start_new_session: the group id is the leader's pid
+    if not group_alive(pgid) and proc.poll() is not None:
+        return
+    signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader so it stops counting as alive
+        if not group_alive(pgid):
+            break
+        time.sleep(0.05)
+    else:
+        signal_group(pgid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+        pass
+    # Members in uninterruptible sleep take a moment to go away after SIGKILL.
+    end = time.monotonic() + 5
+    while group_alive(pgid) and time.monotonic() < end:
+        signal_group(pgid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+def _pump(pipe: IO[bytes], stream: str, out: queue.Queue[_Line]) -> None:
+    try:
+        for raw in iter(pipe.readline, b""):
+            out.put((stream, raw.decode("utf-8", errors="replace").rstrip("\r\n")))
+    finally:
+        pipe.close()
+        out.put(None)

@@ -1,0 +1,47 @@
+"""The Inngest Event API's reply shapes and header names, byte for byte what its server sends
+(docs/inngest-wire.md). Clients check the JSON `status` field, so every reply carries one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SEED_HEADER = "x-inngest-event-id-seed"
+SERVER_KIND_HEADER = "X-Inngest-Server-Kind"
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def accepted(ids: list[str]) -> Reply:
+    return Reply(200, {"ids": ids, "status": 200})
+
+
+def refused(error: str) -> Reply:
+    return Reply(400, {"ids": [], "status": 400, "error": error})
+
+
+def unknown_key() -> Reply:
+    return Reply(401, {"status": 401, "message": "", "error": "Event key not found"})
+
+
+def health() -> Reply:
+    return Reply(200, {"status": 200, "message": "OK"})
+
+
+def dev_info(missing_event_keys: bool) -> Reply:
+    """What `GET /dev` answers: inngest-js v3 in inferred dev mode only needs valid JSON."""
+    return Reply(
+        200,
+        {
+            "version": "poligraph-jobs-shim",
+            "isSingleNodeService": True,
+            "isMissingSigningKey": True,
+            "isMissingEventKeys": missing_event_keys,
+            "functions": [],
+            "handlers": [],
+        },
+    )

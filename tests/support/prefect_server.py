@@ -1,0 +1,130 @@
+"""A real Prefect server, served deployments, and the flow-run reads tests assert on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from support.paths import REPO, STATE
+from support.polling import run_async, wait_for
+
+
+def start_prefect_server(
+    port: int, home: Path, log_name: str, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`prefect server start` on 127.0.0.1:port with its own home; returns once healthy."""
+    env = {**os.environ, "PREFECT_HOME": str(home), **(extra_env or {})}
+    log = (STATE / log_name).open("ab")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def healthy() -> bool:
+        assert server.poll() is None, (STATE / log_name).read_text()[-3000:]
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, timeout=90, interval=0.3, what="prefect server health")
+    return server
+
+
+def start_serve(extra_env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+    """`python -m scripts.serve` (every deployment + the reconciler) in its own session."""
+    env = {**os.environ, **extra_env}
+    log = (STATE / log_name).open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "scripts.serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
+def deployment_ready(full_name: str) -> Callable[[], bool]:
+    from prefect.client.orchestration import get_client
+
+    async def check() -> bool:
+        async with get_client() as client:
+            try:
+                await client.read_deployment_by_name(full_name)
+            except Exception:
+                return False
+            return True
+
+    return lambda: run_async(check())
+
+
+def flow_run_state(flow_run_id: UUID | str) -> Any:
+    from prefect.client.orchestration import get_client
+
+    async def read() -> Any:
+        async with get_client() as client:
+            return (await client.read_flow_run(UUID(str(flow_run_id)))).state
+
+    return run_async(read())
+
+
+def create_run(
+    full_name: str, state: Any = None, idempotency_key: str | None = None, **parameters: Any
+) -> UUID:
+    """A flow run of deployment `flow/deployment`, as `prefect deployment run` makes one."""
+    from prefect.client.orchestration import get_client
+
+    async def create() -> UUID:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(full_name)
+            run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters=parameters, state=state, idempotency_key=idempotency_key
+            )
+            return run.id
+
+    return run_async(create())
+
+
+def wait_final(flow_run_id: UUID | str, timeout: float = 90) -> Any:
+    """The final state of a flow run, once it has one."""
+    return wait_for(
+        lambda: (state := flow_run_state(flow_run_id)) and state.is_final() and state,
+        timeout=timeout,
+        what=f"flow run {flow_run_id} to finish",
+    )
+
+
+def run_logs(flow_run_id: UUID | str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(str(flow_run_id))]))
+            )
+            return [entry.message for entry in logs]
+
+    return run_async(read())
