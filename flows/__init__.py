@@ -1,1 +1,8 @@
-"""Prefect flows and the pieces they run: the script runner, SyncJob rows, settings."""
+"""Runtime layer: the Prefect flows and everything inside a flow run. Imports only the core.
+
+    sync_script, sync_group   the flows                execution   one run and its SyncJob row
+    steps, step_results       one step (a task)        script_runner, process_tree   processes
+    progress, progress_tracker  PROGRESS lines -> row  hooks, missed, liveness, alerts
+
+See docs/architecture.md for the layers and who owns what.
+"""

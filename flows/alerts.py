@@ -1,6 +1,7 @@
 """Failure alerts for critical scripts: a JSON POST to POLIGRAPH_ALERT_WEBHOOK_URL, with retries.
 
-The payload follows the app's `sync.failed` webhook (job-helper.ts) plus the ids operators need:
+The payload follows the app's `sync.failed` webhook (docs/poligraph-app.md) plus the ids operators
+need:
     {"event": "sync.failed", "script", "jobId", "flowRunId", "status": "FAILED", "error",
      "timestamp", "url"}
 No URL configured: nothing is sent. A failing webhook never fails the run.

@@ -42,7 +42,7 @@ class Request:
 def event_name(raw: str) -> str:
     """`sync:press` → sync/press, `discover:affairs` → sync/discover-affairs, `x` → sync/x.
 
-    Fixes the old trigger.ts, which turned `discover:affairs` into `discover/affairs`.
+    Fixes the app's own CLI, which turned `discover:affairs` into `discover/affairs`.
     """
     name = raw.strip()
     for prefix in ("sync:", "sync/"):

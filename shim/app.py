@@ -46,7 +46,7 @@ def create_app(
         app.state.dispatcher.stop()
 
     app = FastAPI(title="poligraph-jobs Inngest shim", lifespan=lifespan, openapi_url=None)
-    app.add_middleware(  # as the Inngest server (go-chi/cors)
+    app.add_middleware(  # open as the Inngest server's (docs/inngest-wire.md, "Replies")
         CORSMiddleware,
         allow_origins=["*"],
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],

@@ -1,5 +1,5 @@
-"""Parse and validate an Event API body the way the Inngest server does (pkg/eventstream,
-pkg/event): one object or an array, per-event decoding, NormalizeInbound and Validate.
+"""Parse and validate an Event API body the way the Inngest server does: one object or an array,
+per-event decoding, then its normalisation and validation, in its order (docs/inngest-wire.md).
 
 Error texts are the server's, since clients show them to users. One difference, on purpose:
 a request with a bad event is rejected whole (nothing is stored), where Inngest would already

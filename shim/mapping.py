@@ -1,10 +1,10 @@
 """Event → deployment and flow parameters, from the catalog; refused data says why.
 
-Event data keys (what the admin, the old CLI and `scripts/trigger.ts` send):
+Event data keys (what the admin and the app's CLI send, docs/poligraph-app.md "The events"):
     jobId   the SyncJob row the admin created (the run then owns it)
     limit   a positive whole number (--limit)
     flags   a string of flags, "--all --limit=5" (split on spaces, never given to a shell)
-    <flag>  any flag the script allows, as trigger.ts sends them: {"all": true, "type": "PARTY"}
+    <flag>  any flag the script allows, as the app's CLI sends them: {"all": true, "type": "PARTY"}
 Anything else, or a value the catalog does not allow, starts no run.
 """
 

@@ -169,7 +169,7 @@ def test_disabled_script_fails_with_its_reason(syncjobs, stubs):
     insert_pending(syncjobs, "cdisabled0000000000000001", "retired")
     state = sync_script(script="retired", job_id="cdisabled0000000000000001", return_state=True)
     assert state.is_failed() and stubs.events() == []
-    assert "retired on purpose (#1)" in syncjobs.get("cdisabled0000000000000001")["error"]
+    assert "retired on purpose" in syncjobs.get("cdisabled0000000000000001")["error"]
 
 
 def test_timeout_kills_the_whole_process_tree(syncjobs, stubs):

@@ -1,6 +1,6 @@
 """The one-command local stack, on embedded defaults, driven the way an operator drives it.
 
-`python -m deployments.local_stack` with the real catalog and the bundled demo scripts, a fresh
+`python -m scripts.local_stack` with the real catalog and the bundled demo scripts, a fresh
 PREFECT_HOME and no DATABASE_URL (so the SyncJob table is the embedded SQLite file); then
 `prefect deployment run sync-group/press` from the CLI.
 """
@@ -44,7 +44,7 @@ def stack():
     )
     log = (STATE / "local-stack.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deployments.local_stack"],
+        [sys.executable, "-m", "scripts.local_stack"],
         env=env,
         cwd=REPO,
         stdout=log,
@@ -148,7 +148,7 @@ def test_unchanged_inngest_client_event_completes_the_admin_job(stack):
 def cli(stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**stack["env"], "INNGEST_BASE_URL": stack["shim"], "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "scripts.trigger", *args],
+        [sys.executable, "-m", "scripts.cli", *args],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -214,7 +214,7 @@ def test_cli_cancel_stops_a_running_job(stack):
 def test_cli_wait_interrupted_exits_130_and_says_how_to_cancel(stack):
     env = {**stack["env"], "INNGEST_BASE_URL": stack["shim"]}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scripts.trigger", "trigger", "sync:daily", "--wait"],
+        [sys.executable, "-m", "scripts.cli", "trigger", "sync:daily", "--wait"],
         env=env,
         cwd=REPO,
         stdout=subprocess.PIPE,

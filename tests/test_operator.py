@@ -1,7 +1,7 @@
 """Operator guarantees: a cancel stops the work, no row stays RUNNING after its run died,
 failures of critical scripts are announced, missed cron slots run once at most.
 
-Runs go through a real `python -m deployments.serve` (with its reconciler thread).
+Runs go through a real `python -m scripts.serve` (with its reconciler thread).
 """
 
 from __future__ import annotations

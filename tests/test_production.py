@@ -71,7 +71,7 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
         stubs.configure(script, sleep=0.5)
 
     setup = subprocess.run(
-        [sys.executable, "-m", "deployments.setup", "--deploy"],
+        [sys.executable, "-m", "scripts.setup", "--deploy"],
         env=base,
         cwd=REPO,
         capture_output=True,
@@ -81,7 +81,7 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
     assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
     assert (REPO / "prefect.yaml").read_text() == _generated_prefect_yaml()  # deploy left it as is
     again = subprocess.run(
-        [sys.executable, "-m", "deployments.setup"],
+        [sys.executable, "-m", "scripts.setup"],
         env=base,
         cwd=REPO,
         capture_output=True,

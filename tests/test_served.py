@@ -1,4 +1,4 @@
-"""Deployments served by `python -m deployments.serve`: runs in their own processes, as in production.
+"""Deployments served by `python -m scripts.serve`: runs in their own processes, as in production.
 
 Covers what only shows with real parallel runs: no overlap of one script across two flows,
 one run at a time per deployment (ENQUEUE), cancellation, and a retry from the API ("Retry" in
