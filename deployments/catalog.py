@@ -33,6 +33,11 @@ class AdminEntry(Model):
     label: str
     description: str = ""
 
+    @property
+    def title(self) -> str:
+        """ "Assemblée nationale — Députés, commissions, groupes": what the admin shows."""
+        return f"{self.label} — {self.description}" if self.description else self.label
+
 
 class Script(Model):
     id: Slug
@@ -49,6 +54,11 @@ class Script(Model):
     @property
     def event(self) -> str:
         return f"sync/{self.id}"
+
+    @property
+    def title(self) -> str:
+        """The admin's label and description, else the catalog's description, else the id."""
+        return self.admin.title if self.admin else self.description or self.id
 
 
 class Step(Model):

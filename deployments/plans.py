@@ -27,6 +27,7 @@ class PlannedStep(BaseModel):
 class Plan(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    name: str  # the script or group: its deployment's name, and the base of its artifact keys
     job_script: str  # what SyncJob.script says for rows this run creates
     steps: tuple[PlannedStep, ...]
     continue_on_failure: bool = False
@@ -51,7 +52,7 @@ def plan_script(
         required=True,
         critical=script.critical,
     )
-    return Plan(job_script=script.id, steps=(step,))
+    return Plan(name=script.id, job_script=script.id, steps=(step,))
 
 
 def plan_group(catalog: Catalog, group_name: str, limit: int | None = None) -> Plan:
@@ -80,6 +81,7 @@ def plan_group(catalog: Catalog, group_name: str, limit: int | None = None) -> P
             )
         )
     return Plan(
+        name=group.name,
         job_script=group.row_script,
         steps=tuple(steps),
         continue_on_failure=group.continue_on_failure,

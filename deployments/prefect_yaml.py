@@ -21,8 +21,22 @@ HEADER = """\
 # GENERATED from deployments/catalog.yaml by `python -m deployments.prefect_yaml`. Do not edit:
 # change the catalog and regenerate (a test fails when this file is stale).
 # Deploy with `python -m scripts.setup --deploy` (work pool, per-script concurrency limits,
-# `prefect deploy --all`, pruning of what the catalog no longer has).
+# `prefect deploy --all`, pruning of what the catalog no longer has, and the run forms: `prefect
+# deploy` builds parameter schemas from the flow's signature only, so setup applies each
+# deployment's own schema afterwards).
 """
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the markdown descriptions) as readable `|` blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
 
 
 def render(catalog: Catalog) -> str:
@@ -45,7 +59,7 @@ def render(catalog: Catalog) -> str:
             ]
         deployments.append(entry)
     document = {"name": "poligraph-jobs", "prefect-version": "3.9.1", "deployments": deployments}
-    body = yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     return HEADER + body
 
 

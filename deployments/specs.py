@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from deployments.catalog import Catalog, UnknownTarget
+from deployments.ui import group_description, script_description
 
 Kind = Literal["script", "group"]
 SCRIPT: Kind = "script"
@@ -45,7 +46,7 @@ class ScheduleSpec:
 class DeploymentSpec:
     kind: Kind
     name: str
-    description: str
+    description: str  # markdown: what the deployment page shows (deployments/ui.py)
     events: tuple[str, ...]
     row_script: str  # SyncJob.script of the rows its runs create
     critical: bool = False
@@ -80,7 +81,7 @@ def deployment_specs(catalog: Catalog) -> list[DeploymentSpec]:
         DeploymentSpec(
             kind=SCRIPT,
             name=script.id,
-            description=script.admin.label if script.admin else script.description or script.id,
+            description=script_description(script),
             events=(script.event,),
             row_script=script.id,
             critical=script.critical,
@@ -91,7 +92,7 @@ def deployment_specs(catalog: Catalog) -> list[DeploymentSpec]:
         DeploymentSpec(
             kind=GROUP,
             name=group.name,
-            description=group.description,
+            description=group_description(catalog, group),
             events=group.events,
             row_script=group.row_script,
             schedules=tuple(ScheduleSpec(s.cron, s.timezone, s.slug) for s in group.schedules),

@@ -16,6 +16,7 @@ from prefect.states import Cancelled, State
 
 from deployments.plans import Plan, PlannedStep
 from deployments.syncjob import SyncJobRepository, job_id_for_flow_run, syncjob_repository
+from flows import artifacts
 from flows.alerts import alert_failure
 from flows.liveness import registered
 from flows.step_results import StepResult, summarize
@@ -42,15 +43,24 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
         logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
         return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
     logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
-    with registered(run_id, job):
-        results = run_steps(plan, job, repository, logger)
+    # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
+    with registered(run_id, job), artifacts.run_artifacts(plan, job, run_id) as results:
+        run_steps(plan, job, repository, logger, results)
         return finish(plan, job, results, repository)
 
 
-def run_steps(plan: Plan, job: str, repository: SyncJobRepository, logger: Logger) -> list[StepResult]:
-    results: list[StepResult] = []
+def run_steps(
+    plan: Plan,
+    job: str,
+    repository: SyncJobRepository,
+    logger: Logger,
+    results: list[StepResult] | None = None,
+) -> list[StepResult]:
+    """Append each step's result to `results` as it ends (what is known if a step raises)."""
+    results = [] if results is None else results
     count = len(plan.steps)
     for index, step in enumerate(plan.steps):
+        artifacts.step_started(job, index)
         if step.disabled:
             logger.warning("skipping %s: %s", step.name, step.disabled)
             results.append(StepResult.skipped(step.name, step.script, step.disabled))

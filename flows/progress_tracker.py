@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from deployments.syncjob import SyncJobRepository
+from flows import artifacts
 from flows.progress import ProgressReport
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,14 @@ class ProgressTracker:
         self._last_write: float | None = None
         self._pending: tuple[int, int | None, int | None] | None = None
         self._written: tuple[int, int | None, int | None] | None = None
+        self._report: ProgressReport | None = None  # the latest line, for the progress artifact
 
     def percent(self, fraction_of_step: float) -> int:
         share = (self.step_index + max(0.0, min(fraction_of_step, 1.0))) / self.step_count
         return min(99, int(share * 100))  # 100 is written only by the completion
 
     def report(self, report: ProgressReport) -> None:
+        self._report = report
         one_step = self.step_count == 1
         value = (
             self.percent(report.fraction),
@@ -58,6 +61,7 @@ class ProgressTracker:
         if self._pending is None or self._pending == self._written:
             return
         progress, processed, total = self._pending
+        artifacts.step_progress(self.job_id, self.step_index, progress, self._report)  # never blocks
         try:
             self.repository.set_progress(self.job_id, progress, processed, total)
         except Exception:  # progress is best effort; the run must not fail for it

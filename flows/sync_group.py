@@ -23,6 +23,11 @@ def sync_group(
     A group stops at the first step that exhausts its retries, except continue-on-failure
     groups (sync-daily), which go on and fail only when a step marked required failed.
     Returns `{total, succeeded, failed, failures, skipped}`.
+
+    Args:
+        group: The catalog group to run.
+        job_id: The SyncJob row the admin created; empty: the run creates its own row.
+        limit: --limit=N of the group's step that takes one (a group without one refuses it).
     """
     if reason := missed_slot_reason():
         get_run_logger().warning("not running: %s", reason)

@@ -21,9 +21,15 @@ def sync_script(
     flags: list[str] | None = None,
     limit: int | None = None,
 ) -> dict[str, Any] | State[Any]:
-    """Run one script. `flags` replace the catalog's default flags; `limit` sets --limit.
+    """Run one catalog script.
 
-    `job_id` is the SyncJob row the admin created; without it the run creates its own row.
+    Each deployment's run form says more: its flags, its defaults (deployments/ui.py).
+
+    Args:
+        script: The catalog script to run.
+        job_id: The SyncJob row the admin created; empty: the run creates its own row.
+        flags: Replace the script's default flags (unset: the defaults; an empty list: none).
+        limit: Sets --limit=N, replacing any other --limit.
     """
     if reason := missed_slot_reason():
         get_run_logger().warning("not running: %s", reason)

@@ -9,20 +9,18 @@ Runs execute in subprocesses of this one. `limit` is explicit (None would mean u
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from prefect import Flow, serve
+from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
-from deployments.specs import DEPLOYMENT_CONCURRENCY, SCRIPT, DeploymentSpec, deployment_specs
-from flows.sync_group import sync_group
-from flows.sync_script import sync_script
+from deployments.specs import DEPLOYMENT_CONCURRENCY, DeploymentSpec, deployment_specs
 from scripts.limits import ensure_script_limits
 from scripts.reconcile import Reconciler
+from scripts.run_forms import flow_of, with_run_form
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(
     limit=DEPLOYMENT_CONCURRENCY["limit"],
@@ -31,8 +29,8 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(
 
 
 def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
-    flow: Flow[..., Any] = sync_script if spec.kind == SCRIPT else sync_group
-    deployment = flow.to_deployment(
+    """The deployment as served, with the same description and run form as `prefect deploy`'s."""
+    deployment = flow_of(spec).to_deployment(
         name=spec.name,
         description=spec.description,
         parameters=spec.parameters,
@@ -41,7 +39,7 @@ def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
         schedules=[Cron(s.cron, timezone=s.timezone, slug=s.slug) for s in spec.schedules],
     )
     assert isinstance(deployment, RunnerDeployment)  # called from sync code: not a coroutine
-    return deployment
+    return with_run_form(deployment, get_catalog(), spec)
 
 
 def main() -> None:

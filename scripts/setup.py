@@ -1,8 +1,8 @@
 """Production setup and roll-out, safe to run again:
 
     python -m scripts.setup            # work pool + per-script concurrency limits
-    python -m scripts.setup --deploy   # ... then `prefect deploy --all` and prune what the
-                                       #     catalog no longer has
+    python -m scripts.setup --deploy   # ... then `prefect deploy --all`, each deployment's run
+                                       #     form, and prune what the catalog no longer has
 
 Pruning: `prefect deploy` never removes a schedule dropped from prefect.yaml (an empty
 `schedules:` does not clear them either) nor a deployment renamed away. Every
@@ -26,6 +26,7 @@ from deployments.prefect_yaml import PREFECT_YAML, WORK_POOL
 from deployments.settings import PACKAGE_ROOT
 from deployments.specs import BASE_TAG, deployment_specs
 from scripts.limits import ensure_script_limits
+from scripts.run_forms import apply_run_forms
 
 
 async def ensure_work_pool(client: PrefectClient, name: str = WORK_POOL) -> bool:
@@ -85,6 +86,7 @@ async def setup(deploy: bool) -> None:
         check=True,
     )
     async with get_client() as client:
+        print(f"{await apply_run_forms(client, catalog)} run forms applied")  # prefect deploy cannot
         for item in await prune(client, catalog):
             print(f"removed {item}")
 
