@@ -164,18 +164,21 @@ class RunArtifacts:
     def key(self, kind: str) -> str:
         return artifact_key(self.plan.name, kind)
 
+    def share_done(self, steps: int) -> int:
+        """What the row's progress is once `steps` steps are done (100 only on completion)."""
+        return min(99, steps * 100 // max(len(self.plan.steps), 1))
+
     def step_started(self, index: int) -> None:
-        """Step `index` starts: the share of the steps done, as the row has it after the last one."""
         self.current = index
-        percent = min(99, index * 100 // max(len(self.plan.steps), 1))
-        self._progress(percent, run_summary.running(self.plan, index))
+        self._progress(self.share_done(index), run_summary.running(self.plan, index))
 
     def step_progress(self, index: int, percent: int, report: ProgressReport | None) -> None:
         self._progress(percent, run_summary.running(self.plan, index, report))
 
     def finish(self, error: BaseException | None) -> None:
         ended = run_summary.outcome(self.plan, self.results, self.current, error)
-        self._progress(100 if error is None else self.percent, ended)
+        # a failed run's bar stays where the row's progress stopped
+        self._progress(100 if error is None else max(self.percent, self.share_done(len(self.results))), ended)
         rows = run_summary.step_rows(self.plan, self.results, self.current, error)
         description = run_summary.table_description(self.plan, rows, ended, error)
         self.writer.create("table", self.key(STEPS), description, json.dumps(rows))

@@ -2,18 +2,24 @@
 
 Covers what only shows with real parallel runs: no overlap of one script across two flows,
 one run at a time per deployment (ENQUEUE), cancellation, and a retry from the API ("Retry" in
-the UI) that skips completed steps.
+the UI) that skips completed steps; and what the deployment page and its run form show.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Cancelling, Scheduled
 
 from deployments.catalog import get_catalog
 from deployments.specs import deployment_specs
 from deployments.syncjob import job_id_for_flow_run
+from support.paths import REPO
 from support.polling import run_async, wait_for
 from support.prefect_server import create_run, deployment_ready, start_serve, wait_final
 from support.processes import process_alive, stop_process_group
@@ -95,3 +101,49 @@ def test_retry_from_the_api_skips_completed_steps(served, syncjobs, stubs):
     assert stubs.starts("alpha") == 1, "the completed step ran again"
     row = wait_for(lambda: (r := syncjobs.get(job_id)) and r["status"] == "COMPLETED" and r, timeout=30)
     assert row["error"] is None and row["result"]["flowRunId"] == str(run)
+
+
+def test_deployments_show_their_description_and_run_form(served, syncjobs, stubs):
+    specs = {spec.full_name: spec for spec in deployment_specs(get_catalog())}
+
+    async def read(name: str):
+        async with get_client() as client:
+            return await client.read_deployment_by_name(name)
+
+    today = run_async(read("sync-script/today-only"))
+    assert today.description == specs["sync-script/today-only"].description
+    assert today.enforce_parameter_schema is True
+    form = today.parameter_openapi_schema["properties"]
+    assert form["script"]["enum"] == ["today-only"] and form["script"]["readOnly"] is True
+    assert form["flags"]["description"].startswith("Replaces the default flags of today-only (--today).")
+    stops = run_async(read("sync-group/stops"))
+    assert stops.description.startswith("stops at broken\n\nSteps, in order;")
+    assert stops.parameter_openapi_schema["properties"]["limit"]["description"].startswith(
+        "--limit=N of step one (alpha); unset: 3."
+    )
+
+    # The README's commands pass the enforced schema...
+    cli = subprocess.run(
+        [sys.executable, "-m", "prefect", "deployment", "run", "sync-script/today-only"]
+        + ["--params", json.dumps({"flags": ["--dry-run"]}), "-p", "limit=5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    wait_for(lambda: stubs.events("today-only", "end"), timeout=60, what="the CLI's run")
+    assert stubs.events("today-only", "start")[0]["flags"] == ["--dry-run", "--limit=5"]
+    # ...a bad flag too, so that the flow refuses it with the catalog's reason...
+    insert_pending(syncjobs, "cbadflagserved00000000001", "today-only")
+    run = create_run("sync-script/today-only", job_id="cbadflagserved00000000001", flags=["--bogus"])
+    assert wait_final(run).is_failed()
+    row = wait_for(  # the failure hook runs after the state is set
+        lambda: (r := syncjobs.get("cbadflagserved00000000001")) and r["status"] == "FAILED" and r,
+        timeout=30,
+        what="the row to be FAILED",
+    )
+    assert "--bogus is not allowed for today-only" in row["error"]
+    # ...but not another script than the deployment's own.
+    with pytest.raises(PrefectHTTPStatusError, match="409"):
+        create_run("sync-script/today-only", script="alpha")

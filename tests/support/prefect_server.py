@@ -128,3 +128,20 @@ def run_logs(flow_run_id: UUID | str) -> list[str]:
             return [entry.message for entry in logs]
 
     return run_async(read())
+
+
+def artifacts_of(flow_run_id: UUID | str) -> dict[str, Any]:
+    """The artifacts of a flow run, by key (what its Artifacts tab shows)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read() -> dict[str, Any]:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(str(flow_run_id))])
+                )
+            )
+            return {artifact.key: artifact for artifact in found}
+
+    return run_async(read())
