@@ -24,6 +24,14 @@ def table(artifact) -> list[tuple]:
     return [(r["step"], r["status"], r["attempts"]) for r in json.loads(artifact.data)]
 
 
+def failed_group(group: str) -> tuple[dict, str]:
+    """Run a group that must fail; its artifacts by key, and its flow-run id."""
+    state = sync_group(group=group, return_state=True)
+    assert state.is_failed()
+    flow_run_id = str(state.state_details.flow_run_id)
+    return artifacts_of(flow_run_id), flow_run_id
+
+
 def test_progress_follows_the_run_live_and_ends_at_100_with_its_steps_table(syncjobs, stubs):
     stubs.configure("alpha", sleep=4, progress=[[1, 4], [2, 4], [3, 4], [4, 4]])
     insert_pending(syncjobs, "cartifacts000000000000001", "alpha")
@@ -53,9 +61,7 @@ def test_progress_follows_the_run_live_and_ends_at_100_with_its_steps_table(sync
 
 def test_a_group_stopped_by_a_step_that_exhausted_its_retries_has_its_table(syncjobs, stubs):
     stubs.configure("broken", fail_times=99, stderr="kaboom")
-    state = sync_group(group="stops", return_state=True)
-    assert state.is_failed()
-    found = artifacts_of(state.state_details.flow_run_id)
+    found, _ = failed_group("stops")
     assert table(found["stops-steps"]) == [
         ("one", "succeeded", 1),
         ("two", "failed", 2),
@@ -72,9 +78,7 @@ def test_a_group_stopped_by_a_step_that_exhausted_its_retries_has_its_table(sync
 def test_daily_with_a_failed_required_step_has_its_table_and_summary(syncjobs, stubs):
     stubs.configure("broken", fail_times=99)
     stubs.configure("gamma", fail_times=99, stderr="required gamma is down")
-    state = sync_group(group="daily", return_state=True)
-    assert state.is_failed()
-    found = artifacts_of(state.state_details.flow_run_id)
+    found, flow_run_id = failed_group("daily")
     assert table(found["daily-steps"]) == [
         ("a", "succeeded", 1),
         ("b", "failed", 2),
@@ -92,7 +96,7 @@ def test_daily_with_a_failed_required_step_has_its_table_and_summary(syncjobs, s
     )
     assert found["daily-progress"].description == "failed: required step(s) failed: d"
     assert found["daily-progress"].data == 99  # where the row's progress stopped
-    row = syncjobs.get(job_id_for_flow_run(str(state.state_details.flow_run_id)))
+    row = syncjobs.get(job_id_for_flow_run(flow_run_id))
     assert row["status"] == "FAILED" and row["progress"] == 99
 
 

@@ -80,6 +80,11 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
     )
     assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
     assert (REPO / "prefect.yaml").read_text() == _generated_prefect_yaml()  # deploy left it as is
+    # prefect deploy sent the flow's schema; setup then gave the deployment its own run form
+    deployed = httpx.get(f"{api}/deployments/name/sync-script/sync-scrutins-an", timeout=10).json()
+    assert deployed["description"].startswith("Scrutins AN — Scrutins Assemblée nationale\n\n")
+    flags = deployed["parameter_openapi_schema"]["properties"]["flags"]
+    assert flags["description"].startswith("Replaces the default flags of sync-scrutins-an (--today).")
     again = subprocess.run(
         [sys.executable, "-m", "scripts.setup"],
         env=base,
