@@ -35,7 +35,7 @@ class AdminEntry(Model):
 
     @property
     def title(self) -> str:
-        """ "Assemblée nationale — Députés, commissions, groupes": what the admin shows."""
+        """What the admin shows: `Assemblée nationale — Députés, commissions, groupes`."""
         return f"{self.label} — {self.description}" if self.description else self.label
 
 

@@ -27,7 +27,7 @@ def first_line(text: str, limit: int = DETAIL_CHARS) -> str:
 
 
 def step_label(plan: Plan, index: int) -> str:
-    """ "sync-press-analysis" for a one-script run, "step 3/16 legislation (sync-legislation)"."""
+    """`sync-press-analysis` for a one-script run, else `step 3/16 legislation (sync-legislation)`."""
     step = plan.steps[min(index, len(plan.steps) - 1)]
     if len(plan.steps) == 1:
         return step.script
@@ -99,7 +99,7 @@ def _row(
 
 
 def counts(rows: list[dict[str, Any]]) -> str:
-    """ "14 succeeded, 1 failed, 1 skipped" (statuses that occur, in a fixed order)."""
+    """`14 succeeded, 1 failed, 1 skipped`: the statuses that occur, in a fixed order."""
     seen = Counter(row["status"] for row in rows)
     order = ["succeeded", "failed", INTERRUPTED, "skipped", NOT_RUN]
     return ", ".join(f"{seen[status]} {status}" for status in order if seen[status])
