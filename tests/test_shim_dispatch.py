@@ -40,7 +40,22 @@ def deployed(prefect_api, pg_url):
 
     for spec in deployment_specs(get_catalog()):
         runner_deployment(spec).apply()  # sync outside an event loop
-    return prefect_api
+    yield prefect_api
+    run_async(delete_scheduled_runs())  # no later test's runner may pick them up
+
+
+async def delete_scheduled_runs() -> None:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    async with get_client() as client:
+        waiting = FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+            )
+        )
+        for run in await client.read_flow_runs(flow_run_filter=waiting, limit=1000):
+            await client.delete_flow_run(run.id)
 
 
 @pytest.fixture
