@@ -54,8 +54,9 @@ async def delete_scheduled_runs() -> None:
                 type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
             )
         )
-        for run in await client.read_flow_runs(flow_run_filter=waiting, limit=1000):
-            await client.delete_flow_run(run.id)
+        while runs := await client.read_flow_runs(flow_run_filter=waiting, limit=200):  # the API's max
+            for run in runs:
+                await client.delete_flow_run(run.id)
 
 
 @pytest.fixture
