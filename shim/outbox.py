@@ -3,6 +3,7 @@ dispatcher then claims the pending ones and turns them into flow runs."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from shim.tables import inngest_dedupe, inngest_event
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 PENDING, DONE, DUPLICATE, FAILED = "pending", "done", "duplicate", "failed"
+MAX_PLAIN_DEDUPE_KEY = 200  # characters; a btree index entry holds at most ~2700 bytes
 
 
 def shim_database_url(shim: ShimSettings, app: Settings) -> str:
@@ -55,6 +57,14 @@ def migrate(engine: Engine, schema: str) -> None:
         command.upgrade(config, "head")
 
 
+def dedupe_key_of(user_id: str) -> str:
+    """The dedupe key of an event's own `id`: the id itself, or for a long id (or one with a
+    NUL) a fixed-size digest, so that any id fits the primary-key index and a `text` column."""
+    if len(user_id) <= MAX_PLAIN_DEDUPE_KEY and "\x00" not in user_id:
+        return user_id
+    return "sha256:" + hashlib.sha256(user_id.encode(errors="surrogatepass")).hexdigest()
+
+
 @dataclass(frozen=True)
 class Recorded:
     event_id: str
@@ -73,7 +83,7 @@ class EventOutbox:
         with self.engine.begin() as conn:
             for event_id, event, action in events:
                 pk = uuid.uuid4().hex
-                dedupe_key = event.id or event_id
+                dedupe_key = dedupe_key_of(event.id) if event.id else event_id
                 first = self._claim_dedupe_key(conn, dedupe_key, pk, now)
                 if not first:
                     status = DUPLICATE
@@ -85,7 +95,7 @@ class EventOutbox:
                     sa.insert(inngest_event).values(
                         pk=pk,
                         event_id=event_id,
-                        user_id=event.id or None,
+                        user_id=event.id.replace("\x00", "\ufffd") or None,  # text holds no NUL
                         dedupe_key=dedupe_key,
                         name=event.name,
                         payload=event.as_json(),

@@ -19,6 +19,7 @@ from deployments.catalog import Catalog, load_catalog
 from deployments.settings import DEFAULT_CATALOG, Settings
 from shim.app import create_app
 from shim.outbox import EventOutbox, open_outbox
+from shim.server import server_config
 from shim.settings import ShimSettings
 from support.paths import REPO, STATE
 from support.polling import wait_for
@@ -39,7 +40,8 @@ def running_shim(
     catalog = catalog or load_catalog(DEFAULT_CATALOG)
     app = create_app(settings, outbox=outbox, run_dispatcher=run_dispatcher, catalog=catalog)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = server_config(app, settings, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
