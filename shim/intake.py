@@ -12,7 +12,7 @@ from sqlalchemy import exc as sa_exc
 from deployments.catalog import Catalog
 from shim.events import EventError, parse_body
 from shim.ids import event_ids
-from shim.mapping import map_event
+from shim.mapping import map_events
 from shim.outbox import EventOutbox
 from shim.settings import ShimSettings
 from shim.text import printable
@@ -55,13 +55,11 @@ class Intake:
         try:
             events = parse_body(raw)
         except EventError as exc:
+            log.info("request refused: %s", printable(str(exc)))
             return refused(str(exc))
         ids = event_ids(seed, len(events))
-        catalog = self.catalog()
-        batch = [
-            (event_id, event, map_event(catalog, event.name, event.data))
-            for event_id, event in zip(ids, events, strict=True)
-        ]
+        actions = map_events(self.catalog(), [(event.name, event.data) for event in events])
+        batch = list(zip(ids, events, actions, strict=True))
         if batch:
             try:
                 self.outbox.record(batch)  # committed before the 200: nothing accepted is lost

@@ -17,7 +17,7 @@ from typing import Any
 from deployments.catalog import Catalog
 from deployments.flags import FlagError
 from deployments.plans import plan_group, plan_script
-from deployments.specs import GROUP, spec_for_event
+from deployments.specs import GROUP, DeploymentSpec, deployment_specs, spec_for_event
 from shim.text import printable
 
 # A SyncJob id as the app makes them (Prisma cuid: "c" + 24 base-36 characters), with room for
@@ -41,9 +41,18 @@ class EventAction:
 
 
 def map_event(catalog: Catalog, name: str, data: dict[str, Any]) -> EventAction:
+    return _map(catalog, spec_for_event(catalog, name), name, data)
+
+
+def map_events(catalog: Catalog, events: list[tuple[str, dict[str, Any]]]) -> list[EventAction]:
+    """`map_event` for each (name, data) of a request; the deployments are listed once."""
+    by_event = {event: spec for spec in reversed(deployment_specs(catalog)) for event in spec.events}
+    return [_map(catalog, by_event.get(name), name, data) for name, data in events]
+
+
+def _map(catalog: Catalog, spec: DeploymentSpec | None, name: str, data: dict[str, Any]) -> EventAction:
     raw_job = data.get("jobId")
     job_id = raw_job if isinstance(raw_job, str) and JOB_ID_RE.fullmatch(raw_job) else None
-    spec = spec_for_event(catalog, name)
     if spec is None:
         return _refuse(job_id, f"no flow handles {name}")
     if raw_job is not None and job_id is None:

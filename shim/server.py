@@ -1,6 +1,7 @@
 """How the Event API is served: uvicorn with the shim's connection limits.
 
-* `limit_concurrency`: at most `max_connections` open connections; more get uvicorn's 503.
+* `limit_concurrency`: at most `max_connections` open connections are served; a request on
+  one more gets uvicorn's 503 (retried by the SDKs).
 * h11 always (also when httptools is installed), with a deadline on each request's head:
   uvicorn only times out idle keep-alive connections, so a client trickling its headers one byte
   at a time would hold its connection forever. The body has its own deadline (`shim.body`).
@@ -70,7 +71,8 @@ def server_config(app: Any, settings: ShimSettings, **overrides: Any) -> uvicorn
         "host": settings.host,
         "port": settings.port,
         "http": Protocol,
-        "limit_concurrency": settings.max_connections,
+        # uvicorn counts the connection asking too: N + 1 lets N connections in at once
+        "limit_concurrency": settings.max_connections + 1,
         "access_log": False,
         "log_config": None,  # our handlers (shim.logs), not uvicorn's
         **overrides,

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,6 +86,12 @@ def start_shim_process(env: dict[str, str], port: int, log_name: str) -> subproc
 
 def sqlite_outbox(home: Path, **overrides: Any) -> EventOutbox:
     return open_outbox(ShimSettings(**overrides), Settings(database_url=None, home=home))
+
+
+def postgres_outbox(database_url: str, **overrides: Any) -> EventOutbox:
+    """An outbox on PostgreSQL in a schema of its own, so a test sees only its own events."""
+    settings = ShimSettings(schema_name=f"shim_{uuid.uuid4().hex[:10]}", **overrides)
+    return open_outbox(settings, Settings(database_url=database_url))
 
 
 def dev_client(base_url: str) -> inngest.Inngest:
