@@ -167,6 +167,10 @@ def stats(values: list[float]) -> str:
     return f"{min(values):7.1f} {statistics.median(values):7.1f} {max(values):7.1f}"
 
 
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,13 +204,14 @@ def main() -> None:
     baseline = statistics.median(results["idle"]["health"])
     print()
     print(
-        f"{'':24} {'/health ms min/median/max':>27} {'x idle':>7}"
+        f"{'':24} {'/health ms min/median/max (n)':>30} {'p95':>6} {'x idle':>7}"
         f" {'seconds min/med/max':>23} {'RSS growth MB':>23}"
     )
     for name, result in results.items():
-        ratio = statistics.median(result["health"]) / baseline
+        health = result["health"]
+        ratio = statistics.median(health) / baseline
         print(
-            f"{name:24} {stats(result['health'])} ({len(result['health']):4d}) {ratio:6.1f}x"
+            f"{name:24} {stats(health)} ({len(health):4d}) {p95(health):6.1f} {ratio:6.1f}x"
             f" {stats(result['seconds'])} {stats(result['rss'])}"
         )
     print(f"shim RSS at the end: {rss_end:.0f} MB")

@@ -63,9 +63,9 @@ class AccessLog:
             # The router put the matched route in the scope; never log the path itself.
             route = getattr(scope.get("route"), "path", None) or "(no route)"
             access_log.info(
-                "%s %s %d %.1fms",
+                "%s %s %s %.1fms",
                 printable(scope["method"], 16),
                 route,
-                status,
+                status or "-",  # no reply: the client went away, or an error outside the app
                 (time.perf_counter() - started) * 1000,
             )

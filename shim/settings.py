@@ -44,7 +44,7 @@ class ShimSettings(BaseSettings):
     max_backoff_seconds: float = Field(default=60.0, gt=0)
     batch_size: int = Field(default=50, ge=1, description="Events handled per dispatcher pass.")
     prefect_timeout_seconds: float = Field(default=10.0, gt=0, description="Per Prefect API call.")
-    # Limits on what one client can make the Event API hold (README, "Limits").
+    # Limits on what one client can make the Event API hold (README, "Limits and bad input").
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1,
