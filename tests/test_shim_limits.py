@@ -6,6 +6,7 @@ replies when the shim's own database is down. Raw sockets show exactly when the 
 from __future__ import annotations
 
 import json
+import logging
 
 import httpx
 import inngest
@@ -26,12 +27,23 @@ CAP = 64 * 1024
 TIMEOUT = 0.5
 
 
-@pytest.fixture
-def shim(tmp_path):
+def serve(tmp_path, read_timeout: float):
     outbox = sqlite_outbox(tmp_path)
-    settings = ShimSettings(max_body_bytes=CAP, read_timeout_seconds=TIMEOUT, max_connections=3)
+    settings = ShimSettings(max_body_bytes=CAP, read_timeout_seconds=read_timeout, max_connections=3)
     with running_shim(settings, outbox) as (url, _app):
         yield url, int(url.rsplit(":", 1)[1]), outbox
+
+
+@pytest.fixture
+def shim(tmp_path):
+    """Limits small enough to reach in a test; deadlines that a loaded machine cannot miss."""
+    yield from serve(tmp_path, read_timeout=30)
+
+
+@pytest.fixture
+def impatient_shim(tmp_path):
+    """The same with deadlines short enough to wait for."""
+    yield from serve(tmp_path, read_timeout=TIMEOUT)
 
 
 def over_cap_error() -> dict:
@@ -71,11 +83,18 @@ def test_a_body_just_under_the_cap_is_read_whole(shim):
     assert len(outbox.events()) == 1
 
 
-def test_the_sdk_gets_the_413_text_and_does_not_retry(shim):
+def test_the_sdk_gets_the_413_text_and_does_not_retry(shim, caplog):
     url, _port, outbox = shim
+    caplog.set_level(logging.INFO, logger="poligraph.shim.http")
     with pytest.raises(SendEventsError, match=f"^Request body is over the max size: Max {CAP} bytes$"):
         dev_client(url).send_sync(inngest.Event(name="sync/press", data={"blob": "x" * CAP}))
     assert outbox.events() == []
+
+    def refusals() -> list[str]:  # access-log lines, written just after each reply went out
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("POST /e/{key} 413")]
+
+    wait_for(refusals, timeout=10)
+    assert len(refusals()) == 1  # one attempt: inngest-py retries only 5xx and network errors
 
 
 def test_content_length_and_transfer_encoding_together_are_refused(shim):
@@ -95,8 +114,8 @@ def test_content_length_and_transfer_encoding_together_are_refused(shim):
     assert outbox.events() == []
 
 
-def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(shim):
-    _url, port, outbox = shim
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(impatient_shim):
+    _url, port, outbox = impatient_shim
     with RawConnection(port) as conn:
         conn.send(request_head("/e/k", content_length="100") + b'[{"name":')
         status, _headers, body = conn.reply()
@@ -110,21 +129,21 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
     assert outbox.events() == []
 
 
-def test_a_connection_that_sends_nothing_is_closed(shim):
-    _url, port, _outbox = shim
+def test_a_connection_that_sends_nothing_is_closed(impatient_shim):
+    _url, port, _outbox = impatient_shim
     with RawConnection(port) as conn:
         assert conn.closed_within(TIMEOUT + 5) is not None, "the connection stayed open"
 
 
-def test_a_client_trickling_its_headers_is_cut_off(shim):
-    _url, port, _outbox = shim
+def test_a_client_trickling_its_headers_is_cut_off(impatient_shim):
+    _url, port, _outbox = impatient_shim
     head = b"POST /e/k HTTP/1.1\r\nHost: shim\r\nX-Slow: " + b"z" * 1000
     with RawConnection(port) as conn:  # a byte every 50 ms: never idle, never done
         assert conn.trickle(head, every=0.05, limit=TIMEOUT + 5) is not None, "still open"
 
 
-def test_an_idle_keep_alive_connection_must_send_its_next_head_in_time(shim):
-    _url, port, _outbox = shim
+def test_an_idle_keep_alive_connection_must_send_its_next_head_in_time(impatient_shim):
+    _url, port, _outbox = impatient_shim
     with RawConnection(port) as conn:
         conn.send(b"GET /health HTTP/1.1\r\nHost: shim\r\n\r\n")
         assert conn.reply()[0] == 200
@@ -162,6 +181,18 @@ def test_unknown_routes_and_methods_answer_in_the_inngest_shape(shim):
     assert missing.status_code == 404 and missing.json() == {"ids": [], "status": 404, "error": "Not Found"}
     wrong = httpx.get(f"{url}/e/k")
     assert wrong.status_code == 405 and wrong.json()["status"] == 405
+
+
+def test_a_bug_still_answers_in_the_inngest_shape(tmp_path, monkeypatch):
+    with running_shim(ShimSettings(), sqlite_outbox(tmp_path)) as (url, app):
+
+        def broken(raw: bytes, seed: str | None) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(app.state.intake, "receive", broken)
+        reply = httpx.post(f"{url}/e/k", json=[{"name": "sync/press"}])
+    assert reply.status_code == 500
+    assert reply.json() == {"ids": [], "status": 500, "error": "Internal error in the event shim"}
 
 
 def test_when_the_event_store_is_down_the_client_gets_a_503_to_retry(tmp_path):
