@@ -26,6 +26,7 @@ BOUNDED = settings(
     max_examples=100,
     deadline=None,
     derandomize=True,  # the same examples on every run: a failure is reproducible
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
