@@ -180,7 +180,8 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"machine: {platform.processor() or platform.machine()}, {psutil.cpu_count()} CPUs, "
-        f"{psutil.virtual_memory().total // 2**30} GiB, Python {platform.python_version()}; "
+        f"{psutil.virtual_memory().total // 2**30} GiB, Python {platform.python_version()}, "
+        f"load average {psutil.getloadavg()[0]:.1f}; "
         f"outbox: {'PostgreSQL' if args.database_url else 'SQLite'}"
     )
     results: dict[str, dict[str, list[float]]] = {}
