@@ -214,7 +214,8 @@ class SyncJobRepository:
     ) -> bool:
         """FAILED with the error; creates the row if it is missing and `script` is known.
 
-        `only_if_active`: leave rows that already ended alone (reconciler, refused events).
+        `only_if_active`: leave rows that already ended alone (the reconciler; refused events use
+        `fail_pending`).
         """
         now = utcnow()
         values: dict[str, Any] = {
@@ -230,6 +231,13 @@ class SyncJobRepository:
         with self.engine.begin() as conn:
             stmt = self._upsert({"id": job_id, "script": script, "createdAt": now, **values}, values)
             return conn.execute(stmt).first() is not None
+
+    def fail_pending(self, job_id: str, error: str) -> bool:
+        """FAILED with the error, only while the row is still PENDING: what intake does for an
+        event it refused. A RUNNING row has a run (live, or dead and the reconciler's to fail);
+        a row that ended is never rewritten. False when no PENDING row has this id."""
+        values = {"status": SyncJobStatus.FAILED, "completedAt": utcnow(), "error": truncate_error(error)}
+        return self._update(job_id, values, sync_job.c.status == SyncJobStatus.PENDING)
 
     def create_pending(self, job_id: str, script: str) -> None:
         """What the admin's POST /api/admin/syncs inserts before sending the event."""

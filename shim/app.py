@@ -3,6 +3,9 @@
 POST /e/{key}   events in; 200 {"ids":[...],"status":200} once they are committed
 GET  /health    {"status":200,"message":"OK"}
 GET  /dev       a JSON object (inngest-js v3 probes it in inferred dev mode)
+
+Every reply, errors included, is in the Inngest shape (a JSON `status`, an `error` text), since
+that is what the SDKs read. Only an outage of the shim's own database gets a 5xx.
 """
 
 from __future__ import annotations
@@ -10,17 +13,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from deployments.catalog import Catalog, get_catalog
+from shim.body import read_body
 from shim.dispatcher import Dispatcher
 from shim.intake import Intake, KeyCheck
+from shim.logs import AccessLog
 from shim.outbox import EventOutbox, open_outbox
 from shim.settings import ShimSettings, get_shim_settings
-from shim.wire import SEED_HEADER, SERVER_KIND_HEADER, Reply, dev_info, health, unknown_key
+from shim.wire import SEED_HEADER, SERVER_KIND_HEADER, Reply, dev_info, health, refused, unknown_key
 
 
 def create_app(
@@ -40,6 +46,9 @@ def create_app(
         app.state.outbox = outbox or open_outbox(settings)
         app.state.dispatcher = Dispatcher(app.state.outbox, settings)
         app.state.intake = Intake(app.state.outbox, catalog_of, app.state.dispatcher.wake.set)
+        # Parsing and storing run in threads, off the event loop; a few at a time, since each
+        # holds its request's events in memory.
+        app.state.intake_threads = anyio.CapacityLimiter(settings.intake_threads)
         if run_dispatcher:
             app.state.dispatcher.start()
         yield
@@ -54,17 +63,35 @@ def create_app(
         allow_credentials=False,
         max_age=3600,
     )
+    app.add_middleware(AccessLog)
 
-    def respond(reply: Reply) -> JSONResponse:
-        return JSONResponse(reply.body, status_code=reply.status, headers={SERVER_KIND_HEADER: server_kind})
+    def respond(reply: Reply, close: bool = False) -> JSONResponse:
+        headers = {SERVER_KIND_HEADER: server_kind}
+        if close:  # the request body was not (all) read: don't read the rest of it
+            headers["Connection"] = "close"
+        return JSONResponse(reply.body, status_code=reply.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:  # 404, 405
+        return respond(refused(str(exc.detail), exc.status_code))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, logged by the server with its traceback; the client still gets the shape.
+        return respond(refused("Internal error in the event shim", 500), close=True)
 
     @app.post("/e/{key}")
     async def receive(key: str, request: Request) -> JSONResponse:
         if not key_accepted(key):
-            return respond(unknown_key())
-        raw = await request.body()
+            return respond(unknown_key(), close=True)
+        body = await read_body(request, settings.max_body_bytes, settings.read_timeout_seconds)
+        if isinstance(body, Reply):
+            return respond(body, close=True)
         intake: Intake = request.app.state.intake
-        return respond(await run_in_threadpool(intake.receive, raw, request.headers.get(SEED_HEADER)))
+        reply = await anyio.to_thread.run_sync(
+            intake.receive, body, request.headers.get(SEED_HEADER), limiter=request.app.state.intake_threads
+        )
+        return respond(reply)
 
     @app.get("/health")
     async def health_route() -> JSONResponse:

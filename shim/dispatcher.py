@@ -158,5 +158,6 @@ class Dispatcher:
 
     @staticmethod
     def _fail_job(job_id: str | None, reason: str | None) -> None:
+        # Only a row still PENDING: a refused event never rewrites a row that started or ended.
         if job_id:
-            syncjob_repository().mark_failed(job_id, reason or "event refused")
+            syncjob_repository().fail_pending(job_id, reason or "event refused")

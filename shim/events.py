@@ -1,9 +1,10 @@
 """Parse and validate an Event API body the way the Inngest server does: one object or an array,
 per-event decoding, then its normalisation and validation, in its order (docs/inngest-wire.md).
 
-Error texts are the server's, since clients show them to users. One difference, on purpose:
-a request with a bad event is rejected whole (nothing is stored), where Inngest would already
-have published the events before it.
+Error texts are the server's, since clients show them to users. Differences, on purpose: a
+request with a bad event is rejected whole (nothing is stored), where Inngest would already have
+published the events before it; and a NUL in an event name is refused, since no PostgreSQL text
+column holds it (docs/inngest-wire.md, "What the shim does with bad input").
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from shim.jsonvalues import JSONValueError, decode_value, go_char, skip_whitespace
 
 MAX_EVENT_BYTES = 3 * 1024 * 1024  # AbsoluteMaxEventSize
 MAX_EVENTS = 5000
@@ -44,27 +47,59 @@ class InboundEvent:
 
 
 def parse_body(raw: bytes, now_ms: int | None = None) -> list[InboundEvent]:
-    text = raw.decode("utf-8", errors="replace").lstrip(" \t\r\n")
-    if not text:
-        return []  # an empty body is no events, answered 200
-    if text[0] == "{":
-        if len(raw) > MAX_EVENT_BYTES:
-            raise EventError(_too_big(len(raw)))
-        items = [_loads(text)]
-    elif text[0] == "[":
-        items = _loads(text)
-        if not isinstance(items, list):  # pragma: no cover - "[" always parses to a list
-            raise EventError("Request body must contain an event object or an array of event objects")
-        if len(items) > MAX_EVENTS:
-            raise EventError(f"Cannot have more than {MAX_EVENTS} events in a batch")
-        for item in items:
-            size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
-            if size > MAX_EVENT_BYTES:
-                raise EventError(_too_big(size))
-    else:
-        raise EventError("Request body must contain an event object or an array of event objects")
+    """The request's events, decoded and validated one after another as the server streams them.
+
+    Invalid UTF-8 becomes U+FFFD (as in Go). An array is read element by element, so the count
+    and size limits stop the work early and no single decoding step holds the interpreter long.
+    """
+    text = raw.decode("utf-8", errors="replace")
     now_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    return [normalize(decode(item), now_ms) for item in items]
+    pos = skip_whitespace(text, 0)
+    if pos == len(text):
+        return []  # an empty body is no events, answered 200
+    try:
+        if text[pos] == "{":
+            if len(raw) > MAX_EVENT_BYTES:
+                raise EventError(_too_big(len(raw)))
+            item, end = decode_value(text, pos)
+            end = skip_whitespace(text, end)
+            if end < len(text):
+                raise EventError(f"invalid character {go_char(text[end])} after top-level value")
+            return [_event(item, now_ms)]
+        if text[pos] == "[":
+            return _array(text, skip_whitespace(text, pos + 1), now_ms, ascii_only=raw.isascii())
+    except JSONValueError as exc:
+        raise EventError(str(exc)) from None
+    raise EventError("Request body must contain an event object or an array of event objects")
+
+
+def _array(text: str, pos: int, now_ms: int, ascii_only: bool) -> list[InboundEvent]:
+    """Events of a JSON array whose `[` is before `pos`; what follows its `]` is ignored, as Go
+    stops reading there."""
+    events: list[InboundEvent] = []
+    if text.startswith("]", pos):
+        return events
+    while True:
+        if len(events) == MAX_EVENTS:
+            raise EventError(f"Cannot have more than {MAX_EVENTS} events in a batch")
+        item, end = decode_value(text, pos)
+        size = end - pos if ascii_only else len(text[pos:end].encode())
+        if size > MAX_EVENT_BYTES:
+            raise EventError(_too_big(size))
+        events.append(_event(item, now_ms))
+        pos = skip_whitespace(text, end)
+        if text.startswith(",", pos):
+            pos = skip_whitespace(text, pos + 1)
+        elif text.startswith("]", pos):
+            return events
+        elif pos == len(text):
+            raise EventError("unexpected end of JSON input")
+        else:
+            raise EventError(f"invalid character {go_char(text[pos])} after array element")
+
+
+def _event(item: Any, now_ms: int) -> InboundEvent:
+    return normalize(decode(item), now_ms)
 
 
 def decode(item: Any) -> InboundEvent:
@@ -86,6 +121,12 @@ def decode(item: Any) -> InboundEvent:
             f"json: cannot unmarshal {_go_kind(ts, with_value=True)} into Go struct field "
             "Event.ts of type int64"
         )
+    user = item.get("user")
+    if user is not None and not isinstance(user, dict):
+        raise EventError(
+            f"json: cannot unmarshal {_go_kind(user)} into Go struct field Event.user "
+            "of type map[string]interface {}"
+        )
     extra = {k: item[k] for k in ("user", "meta") if k in item}
     return InboundEvent(
         name=name or "",
@@ -106,18 +147,13 @@ def normalize(event: InboundEvent, now_ms: int) -> InboundEvent:
         event.ts = now_ms
     if not event.name:
         raise EventError("event name is empty")
+    if "\x00" in event.name:  # no PostgreSQL text can hold it, and no real event has one
+        raise EventError("event name contains a NUL character")
     if event.ts < MIN_TS:
         raise EventError("timestamp is before Jan 1, 1980")
     if event.ts > MAX_TS:
         raise EventError("timestamp is after Jan 1, 2100")
     return event
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EventError(f"invalid JSON: {exc.msg} at offset {exc.pos}") from None
 
 
 def _typed(item: dict[str, Any], key: str, kind: type, go_type: str) -> Any:

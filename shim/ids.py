@@ -27,8 +27,13 @@ def parse_seed(header: str | None) -> tuple[int, bytes] | None:
     parts = header.split(",")
     if len(parts) != 2 or not _MILLIS_RE.fullmatch(parts[0]):
         return None
+    # Over 19 significant digits is past int64 (and Python's int() refuses 4300+ of them).
+    if len(parts[0].lstrip("+-").lstrip("0")) > 19:
+        return None
     millis = int(parts[0])
     if millis <= 0 or millis > _INT64_MAX:
+        return None
+    if len(parts[1]) > 24:  # 10 bytes are 16 base64 characters; don't decode a long header
         return None
     try:
         entropy = base64.b64decode(parts[1], validate=True)

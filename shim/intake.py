@@ -7,15 +7,21 @@ import hmac
 import logging
 from collections.abc import Callable
 
+from sqlalchemy import exc as sa_exc
+
 from deployments.catalog import Catalog
 from shim.events import EventError, parse_body
 from shim.ids import event_ids
-from shim.mapping import map_event
+from shim.mapping import map_events
 from shim.outbox import EventOutbox
 from shim.settings import ShimSettings
-from shim.wire import Reply, accepted, refused
+from shim.text import printable
+from shim.wire import Reply, accepted, refused, unavailable
 
 log = logging.getLogger("poligraph.shim")
+# The database is down or unreachable (not a bad statement: that would be a bug): the client
+# gets a 5xx and sends the events again.
+OUTAGE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
 class KeyCheck:
@@ -49,21 +55,23 @@ class Intake:
         try:
             events = parse_body(raw)
         except EventError as exc:
+            log.info("request refused: %s", printable(str(exc)))
             return refused(str(exc))
         ids = event_ids(seed, len(events))
-        catalog = self.catalog()
-        batch = [
-            (event_id, event, map_event(catalog, event.name, event.data))
-            for event_id, event in zip(ids, events, strict=True)
-        ]
+        actions = map_events(self.catalog(), [(event.name, event.data) for event in events])
+        batch = list(zip(ids, events, actions, strict=True))
         if batch:
-            self.outbox.record(batch)  # committed before the 200: nothing accepted is lost
+            try:
+                self.outbox.record(batch)  # committed before the 200: nothing accepted is lost
+            except OUTAGE as exc:
+                log.warning("events not stored, the outbox is unavailable: %s", type(exc).__name__)
+                return unavailable()
             self.on_pending()
         for event_id, event, action in batch:
             log.info(
                 "event %s %s -> %s %s",
                 event_id,
-                event.name,
+                printable(event.name),
                 action.action,
                 action.deployment or action.reason or "",
             )

@@ -10,13 +10,21 @@ Anything else, or a value the catalog does not allow, starts no run.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from deployments.catalog import Catalog
 from deployments.flags import FlagError
 from deployments.plans import plan_group, plan_script
-from deployments.specs import GROUP, spec_for_event
+from deployments.specs import GROUP, DeploymentSpec, deployment_specs, spec_for_event
+from shim.text import printable
+
+# A SyncJob id as the app makes them (Prisma cuid: "c" + 24 base-36 characters), with room for
+# uuid- or cuid2-shaped ids; anything else is not used as a row id.
+JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+JOB_ID_RULE = "1 to 64 characters of A-Z a-z 0-9 _ -"
+REASON_MAX_CHARS = 1000
 
 RUN = "run"  # create a flow run
 FAIL_JOB = "fail_job"  # no run; mark the given SyncJob FAILED with the reason
@@ -33,13 +41,23 @@ class EventAction:
 
 
 def map_event(catalog: Catalog, name: str, data: dict[str, Any]) -> EventAction:
+    return _map(catalog, spec_for_event(catalog, name), name, data)
+
+
+def map_events(catalog: Catalog, events: list[tuple[str, dict[str, Any]]]) -> list[EventAction]:
+    """`map_event` for each (name, data) of a request; the deployments are listed once."""
+    by_event = {event: spec for spec in reversed(deployment_specs(catalog)) for event in spec.events}
+    return [_map(catalog, by_event.get(name), name, data) for name, data in events]
+
+
+def _map(catalog: Catalog, spec: DeploymentSpec | None, name: str, data: dict[str, Any]) -> EventAction:
     raw_job = data.get("jobId")
-    job_id = raw_job if isinstance(raw_job, str) and raw_job.strip() else None
-    spec = spec_for_event(catalog, name)
+    job_id = raw_job if isinstance(raw_job, str) and JOB_ID_RE.fullmatch(raw_job) else None
     if spec is None:
         return _refuse(job_id, f"no flow handles {name}")
     if raw_job is not None and job_id is None:
-        return _refuse(None, f"jobId must be a non-empty string, got {raw_job!r}")
+        # No row is touched for an id that cannot be one (empty, huge, odd characters).
+        return _refuse(None, f"jobId must be a SyncJob id ({JOB_ID_RULE}), got {raw_job!r}")
     try:
         parameters = _parameters(catalog, spec.kind, spec.name, data)
     except (FlagError, ValueError) as exc:
@@ -50,7 +68,9 @@ def map_event(catalog: Catalog, name: str, data: dict[str, Any]) -> EventAction:
 
 
 def _refuse(job_id: str | None, reason: str) -> EventAction:
-    return EventAction(FAIL_JOB if job_id else NOTHING, job_id=job_id, reason=reason)
+    # The reason quotes the event (its name, a bad flag): stored and shown, so made safe.
+    safe = printable(reason, REASON_MAX_CHARS)
+    return EventAction(FAIL_JOB if job_id else NOTHING, job_id=job_id, reason=safe)
 
 
 def _parameters(catalog: Catalog, kind: str, target: str, data: dict[str, Any]) -> dict[str, Any]:

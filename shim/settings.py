@@ -44,6 +44,21 @@ class ShimSettings(BaseSettings):
     max_backoff_seconds: float = Field(default=60.0, gt=0)
     batch_size: int = Field(default=50, ge=1, description="Events handled per dispatcher pass.")
     prefect_timeout_seconds: float = Field(default=10.0, gt=0, description="Per Prefect API call.")
+    # Limits on what one client can make the Event API hold (README, "Limits and bad input").
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="Largest request body; larger ones get 413 before the rest is read.",
+    )
+    read_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="A request's headers, then its body, must arrive within this."
+    )
+    max_connections: int = Field(
+        default=32, ge=1, description="Open connections at once; more get 503 (uvicorn's limit)."
+    )
+    intake_threads: int = Field(
+        default=2, ge=1, description="Requests parsed and stored at once (each holds its events)."
+    )
 
     @field_validator("event_keys", mode="before")
     @classmethod

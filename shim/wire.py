@@ -20,8 +20,23 @@ def accepted(ids: list[str]) -> Reply:
     return Reply(200, {"ids": ids, "status": 200})
 
 
-def refused(error: str) -> Reply:
-    return Reply(400, {"ids": [], "status": 400, "error": error})
+def refused(error: str, status: int = 400) -> Reply:
+    """The server's error shape; the SDKs read `error` whatever the HTTP status."""
+    return Reply(status, {"ids": [], "status": status, "error": error})
+
+
+def too_large(max_bytes: int) -> Reply:
+    """413: inngest-py raises at once with this text; inngest-js shows it after its retries."""
+    return refused(f"Request body is over the max size: Max {max_bytes} bytes", 413)
+
+
+def too_slow(seconds: float) -> Reply:
+    return refused(f"Request body was not received within {seconds:g} seconds", 408)
+
+
+def unavailable() -> Reply:
+    """The shim's own database is down: a 5xx, so that every SDK sends the events again."""
+    return refused("The event store is unavailable; send the events again", 503)
 
 
 def unknown_key() -> Reply:

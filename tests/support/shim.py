@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from deployments.catalog import Catalog, load_catalog
 from deployments.settings import DEFAULT_CATALOG, Settings
 from shim.app import create_app
 from shim.outbox import EventOutbox, open_outbox
+from shim.server import server_config
 from shim.settings import ShimSettings
 from support.paths import REPO, STATE
 from support.polling import wait_for
@@ -39,7 +41,8 @@ def running_shim(
     catalog = catalog or load_catalog(DEFAULT_CATALOG)
     app = create_app(settings, outbox=outbox, run_dispatcher=run_dispatcher, catalog=catalog)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = server_config(app, settings, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -83,6 +86,12 @@ def start_shim_process(env: dict[str, str], port: int, log_name: str) -> subproc
 
 def sqlite_outbox(home: Path, **overrides: Any) -> EventOutbox:
     return open_outbox(ShimSettings(**overrides), Settings(database_url=None, home=home))
+
+
+def postgres_outbox(database_url: str, **overrides: Any) -> EventOutbox:
+    """An outbox on PostgreSQL in a schema of its own, so a test sees only its own events."""
+    settings = ShimSettings(schema_name=f"shim_{uuid.uuid4().hex[:10]}", **overrides)
+    return open_outbox(settings, Settings(database_url=database_url))
 
 
 def dev_client(base_url: str) -> inngest.Inngest:
