@@ -1,4 +1,16 @@
-"""Inspect and signal processes and process groups (psutil), the one place that does.
+"""Inspect, find and signal processes (psutil), the one place that does.
+
+A script's descendants can leave its process group (`setsid`, Node's `spawn(..., {detached:
+true})`, which is how Puppeteer and Playwright start Chromium, or a double-forked daemon), so
+killing the group is not enough. Three things find them again:
+
+* environment tags: every script starts with `POLIGRAPH_FLOW_RUN_ID` and `POLIGRAPH_STEP_ID` in
+  its environment, which every descendant inherits whatever it does to its session; the kernel
+  keeps them (`/proc/<pid>/environ`), so the reconciler finds the leftovers of a run whose
+  process died;
+* the child subreaper flag on the process that runs steps: orphans re-parent to it instead of
+  PID 1, so they stay its descendants and it can reap them;
+* the script's process group.
 
 Zombies (exited, not yet reaped) count as dead everywhere: they hold no resources, and in a
 container whose PID 1 does not reap orphans they may never go away.
@@ -6,12 +18,23 @@ container whose PID 1 does not reap orphans they may never go away.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
+import time
+from collections.abc import Callable, Iterable
 
 import psutil
 
+RUN_TAG = "POLIGRAPH_FLOW_RUN_ID"
+STEP_TAG = "POLIGRAPH_STEP_ID"
 _DEAD = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+_PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+POLL_SECONDS = 0.1
+SIGKILL_WAIT_SECONDS = 5.0  # members in uninterruptible sleep take a moment to go after SIGKILL
+
+Finder = Callable[[], list[psutil.Process]]
 
 
 def is_alive(pid: int) -> bool:
@@ -36,32 +59,151 @@ def start_time(pid: int) -> float | None:
         return None
 
 
-def group_members(pgid: int) -> list[int]:
+def become_subreaper() -> bool:
+    """Make orphaned descendants of this process re-parent to it (Linux only); True when set.
+
+    psutil and the standard library do not expose prctl, and python-prctl would be a compiled
+    dependency for one call, hence ctypes.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def tag_of(process: psutil.Process, name: str) -> str | None:
+    """The value of environment variable `name` the process started with; None when unreadable."""
+    try:
+        return process.environ().get(name)
+    except psutil.Error:
+        return None
+
+
+def _live(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for process in processes:
+        try:
+            if process.status() not in _DEAD:
+                alive.append(process)
+        except psutil.Error:
+            continue
+    return alive
+
+
+def tagged(name: str, value: str) -> list[psutil.Process]:
+    """Live processes whose environment carries `name=value` (other users' are unreadable)."""
+    return [p for p in _live(psutil.process_iter()) if p.pid != os.getpid() and tag_of(p, name) == value]
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
     """Live processes of process group `pgid`."""
     members = []
-    for process in psutil.process_iter(["status"]):
-        if process.info["status"] in _DEAD:
-            continue
+    for process in _live(psutil.process_iter()):
         try:
             if os.getpgid(process.pid) == pgid:
-                members.append(process.pid)
+                members.append(process)
         except OSError:  # gone meanwhile
             continue
     return members
 
 
-def group_alive(pgid: int) -> bool:
-    return bool(group_members(pgid))
+def newer_descendants(since: float, step_tag: str) -> list[psutil.Process]:
+    """Live descendants of this process started at or after `since` that belong to no other step.
 
-
-def signal_group(pgid: int, sig: signal.Signals) -> None:
+    With the subreaper flag, orphans of a script are re-parented here, so this also finds a
+    descendant that cleared its environment. Processes tagged with another step's id (another
+    step running in this process at the same time) are left alone.
+    """
     try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    found = []
+    for process in _live(children):
+        try:
+            if process.create_time() < since:
+                continue
+        except psutil.Error:
+            continue
+        if tag_of(process, STEP_TAG) in (None, step_tag):
+            found.append(process)
+    return found
 
 
-def kill_group_now(pgid: int) -> None:
-    """SIGKILL a process group left behind by a dead run (nothing is left to stop it politely)."""
-    if group_alive(pgid):
-        signal_group(pgid, signal.SIGKILL)
+def send(processes: Iterable[psutil.Process], sig: signal.Signals) -> None:
+    for process in processes:
+        try:
+            process.send_signal(sig)
+        except psutil.Error:  # gone, or its pid now belongs to someone we may not signal
+            continue
+
+
+def terminate(find: Finder, grace_seconds: float, on_poll: Callable[[], None] = lambda: None) -> set[int]:
+    """SIGTERM everything `find` returns, SIGKILL whatever is still found after the grace.
+
+    `find` is asked again at every poll, so processes started during the grace are caught too.
+    `on_poll` runs at each poll (to reap). Returns the pids that were signalled.
+    """
+    seen: set[int] = set()
+    targets = find()
+    if not targets:
+        return seen
+    send(targets, signal.SIGTERM)
+    seen.update(p.pid for p in targets)
+    deadline = time.monotonic() + grace_seconds
+    while targets and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        on_poll()
+        targets = find()
+        seen.update(p.pid for p in targets)
+    end = time.monotonic() + SIGKILL_WAIT_SECONDS
+    while targets and time.monotonic() < end:
+        send(targets, signal.SIGKILL)
+        time.sleep(POLL_SECONDS / 2)
+        on_poll()
+        targets = find()
+        seen.update(p.pid for p in targets)
+    return seen
+
+
+def reap(pids: Iterable[int]) -> None:
+    """Collect the exit status of those `pids` that are exited children of this process."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (or already reaped)
+            continue
+
+
+def zombie_children(since: float) -> list[int]:
+    """Exited, unreaped children of this process started at or after `since`."""
+    zombies = []
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return []
+    for child in children:
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE and child.create_time() >= since:
+                zombies.append(child.pid)
+        except psutil.Error:
+            continue
+    return zombies
+
+
+def kill_run_leftovers(flow_run_id: str, groups: Iterable[int] = ()) -> list[int]:
+    """SIGKILL what a dead run left: every process tagged with its id, and its scripts' groups.
+
+    A group member tagged with another run (a reused group id) is left alone. Returns the pids.
+    """
+
+    def find() -> list[psutil.Process]:
+        found = {p.pid: p for p in tagged(RUN_TAG, flow_run_id)}
+        for pgid in groups:
+            for member in group_members(pgid):
+                if tag_of(member, RUN_TAG) in (None, flow_run_id):
+                    found.setdefault(member.pid, member)
+        return list(found.values())
+
+    return sorted(terminate(find, grace_seconds=0))

@@ -2,25 +2,39 @@
 
 Why not subprocess.run(timeout=) or Prefect's task timeout: both stop only the direct child, so
 `npx` -> `node` -> its children survive (docs/prefect.md, "Timeouts"). The command gets its own
-session (process group); on timeout, cancellation or any exit we SIGTERM the whole group, then
-SIGKILL after a grace period. Why not prefect-shell's ShellOperation: it runs commands through
-a shell, and nothing here may ever go through one.
+session (process group) and environment tags (`flows.process_tree`); this process becomes a child
+subreaper. On timeout, cancellation or any exit we SIGTERM the group and every descendant that
+left it (tagged, or re-parented here), SIGKILL what is left after a grace period, and reap them.
+Why not prefect-shell's ShellOperation: it runs commands through a shell, and nothing here may
+ever go through one.
 """
 
 from __future__ import annotations
 
+import os
 import queue
-import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
-from flows.process_tree import group_alive, signal_group
+import psutil
+
+from flows.process_tree import (
+    STEP_TAG,
+    become_subreaper,
+    group_members,
+    newer_descendants,
+    reap,
+    tagged,
+    terminate,
+    zombie_children,
+)
 
 DRAIN_SECONDS = 2.0
 LineHandler = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line without \n)
@@ -42,7 +56,11 @@ class ProcessOutcome:
 
 
 class ScriptProcess:
-    """One command in its own process group: start it, stream its lines, always stop its group."""
+    """One command in its own process group: start it, stream its lines, always stop every process
+    it started, whatever they did to their session."""
+
+    # leaders of the scripts running in this process: their exit status belongs to their Popen
+    _leaders: ClassVar[set[int]] = set()
 
     def __init__(
         self,
@@ -50,12 +68,14 @@ class ScriptProcess:
         *,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
         kill_grace_seconds: float = 10.0,
         tail_lines: int = 30,
     ) -> None:
         self.argv = list(argv)
         self.cwd = cwd
-        self.env = dict(env) if env is not None else None
+        self.step_id = uuid.uuid4().hex  # tags every descendant of this one command
+        self.env = {**(os.environ if env is None else env), **(tags or {}), STEP_TAG: self.step_id}
         self.kill_grace_seconds = kill_grace_seconds
         self.tail: deque[str] = deque(maxlen=tail_lines)
         self.stderr_tail: deque[str] = deque(maxlen=tail_lines)
@@ -63,6 +83,7 @@ class ScriptProcess:
         self._readers: list[threading.Thread] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._started = 0.0
+        self._born = 0.0  # the leader's start time, as psutil tells process start times
 
     @property
     def proc(self) -> subprocess.Popen[bytes]:
@@ -71,7 +92,9 @@ class ScriptProcess:
 
     def start(self) -> int:
         """Start the command (no shell); return its pid, which is also its process group id."""
+        become_subreaper()  # orphans of the script re-parent here: found, killed and reaped
         self._started = time.monotonic()
+        self._born = time.time()
         self._proc = subprocess.Popen(
             self.argv,
             cwd=self.cwd,
@@ -79,8 +102,13 @@ class ScriptProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group: killpg reaches every descendant
+            start_new_session=True,  # its own process group
         )
+        ScriptProcess._leaders.add(self._proc.pid)
+        try:
+            self._born = psutil.Process(self._proc.pid).create_time()
+        except psutil.Error:  # already gone: keep the wall-clock start
+            pass
         for pipe, name in ((self._proc.stdout, "stdout"), (self._proc.stderr, "stderr")):
             assert pipe is not None
             reader = threading.Thread(target=_pump, args=(pipe, name, self._lines), daemon=True)
@@ -121,11 +149,33 @@ class ScriptProcess:
         return False
 
     def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after the grace."""
+        """SIGTERM every process of this command, SIGKILL whatever is left after the grace, reap."""
         if self._proc is not None:
-            kill_process_group(self._proc, self.kill_grace_seconds)
+            terminate(self._members, self.kill_grace_seconds, on_poll=self._reap)
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+                pass
+            self._reap()
+            ScriptProcess._leaders.discard(self._proc.pid)
         for reader in self._readers:
             reader.join(timeout=2)
+
+    def _members(self) -> list[psutil.Process]:
+        """Every live process of this command: its group, its tagged descendants wherever they
+        went, and orphans re-parented here that started after it."""
+        found = {p.pid: p for p in group_members(self.proc.pid)}
+        for process in [*tagged(STEP_TAG, self.step_id), *newer_descendants(self._born, self.step_id)]:
+            found.setdefault(process.pid, process)
+        return list(found.values())
+
+    def _reap(self) -> None:
+        """Reap our leader through its Popen, and orphans of this command re-parented here.
+
+        Never another script's leader: os.waitpid on it would make its Popen report exit 0.
+        """
+        self.proc.poll()
+        reap(pid for pid in zombie_children(self._born) if pid not in ScriptProcess._leaders)
 
     def outcome(self, timed_out: bool) -> ProcessOutcome:
         return ProcessOutcome(
@@ -150,13 +200,17 @@ def run_process(
     on_line: LineHandler,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
     kill_grace_seconds: float = 10.0,
     tail_lines: int = 30,
     on_start: Callable[[int], None] | None = None,
 ) -> ProcessOutcome:
-    """Run `argv` (no shell) until it exits or `timeout_seconds` pass; never leave a survivor."""
+    """Run `argv` (no shell) until it exits or `timeout_seconds` pass; never leave a survivor.
+
+    `tags` are added to its environment (and so to every descendant's), e.g. the flow-run id.
+    """
     process = ScriptProcess(
-        argv, cwd=cwd, env=env, kill_grace_seconds=kill_grace_seconds, tail_lines=tail_lines
+        argv, cwd=cwd, env=env, tags=tags, kill_grace_seconds=kill_grace_seconds, tail_lines=tail_lines
     )
     pgid = process.start()
     try:
@@ -164,35 +218,10 @@ def run_process(
             on_start(pgid)
         timed_out = process.stream(on_line, timeout_seconds)
     finally:
-        # Always: on timeout, on cancellation (Prefect raises inside the flow) and on success
-        # (a script may leave background children behind).
+        # Always: on timeout, on cancellation (Prefect raises inside the flow), on any exception
+        # and on success (a script may leave background children or daemons behind).
         process.stop()
     return process.outcome(timed_out)
-
-
-def kill_process_group(proc: subprocess.Popen[bytes], grace_seconds: float) -> None:
-    """SIGTERM the process group of `proc`, then SIGKILL whatever is left after the grace."""
-    pgid = proc.pid  # start_new_session: the group id is the leader's pid
-    if not group_alive(pgid) and proc.poll() is not None:
-        return
-    signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so it stops counting as alive
-        if not group_alive(pgid):
-            break
-        time.sleep(0.05)
-    else:
-        signal_group(pgid, signal.SIGKILL)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
-        pass
-    # Members in uninterruptible sleep take a moment to go away after SIGKILL.
-    end = time.monotonic() + 5
-    while group_alive(pgid) and time.monotonic() < end:
-        signal_group(pgid, signal.SIGKILL)
-        time.sleep(0.05)
 
 
 def _pump(pipe: IO[bytes], stream: str, out: queue.Queue[_Line]) -> None:

@@ -15,6 +15,7 @@ from deployments.settings import Settings, get_settings
 from deployments.specs import script_limit_name
 from deployments.syncjob import syncjob_repository
 from flows.liveness import note_script_group
+from flows.process_tree import RUN_TAG
 from flows.progress import parse_progress
 from flows.progress_tracker import ProgressTracker
 from flows.script_runner import ProcessOutcome, run_process
@@ -97,6 +98,7 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
             cwd=settings.script_cwd(),
             kill_grace_seconds=settings.kill_grace_seconds,
             tail_lines=settings.tail_lines,
+            tags={RUN_TAG: str(flow_run.id)} if flow_run.id else None,  # the reconciler finds leftovers
             on_start=lambda pgid: note_script_group(str(flow_run.id), pgid),
         )
     tracker.flush()

@@ -7,7 +7,8 @@ Passes, run by a thread of the serving process (`scripts.serve`) or alone, next 
   while its flow run still runs → the flow run is cancelled in Prefect, which stops the process
   and its script's process group;
 * dead local runs: a run whose process died on this machine (its run file stays behind) → the
-  flow run is marked Crashed and its row FAILED;
+  flow run is marked Crashed, its row FAILED, and every process it left (tagged with its flow-run
+  id, detached or not) is killed;
 * states: an active row whose flow run is Crashed, Cancelled, Failed or gone → FAILED with the
   reason. Runs waiting for a concurrency slot longer than a bound are logged.
 """
@@ -37,7 +38,7 @@ from deployments.specs import is_critical
 from deployments.syncjob import SyncJobRepository, flow_run_of, syncjob_repository, utcnow
 from flows.alerts import alert_failure
 from flows.liveness import dead_runs
-from flows.process_tree import kill_group_now
+from flows.process_tree import kill_run_leftovers
 from scripts.cancel import FINAL, cancel_flow_run, state_of
 
 log = logging.getLogger("poligraph.reconcile")
@@ -82,8 +83,10 @@ class Reconciler:
             state = state_of(client, run.flow_run_id)
             if state is not None and state.type not in FINAL:
                 client.set_flow_run_state(UUID(run.flow_run_id), Crashed(message=reason), force=True)
-            for pgid in run.script_groups:  # scripts run in their own session: they outlive it
-                kill_group_now(pgid)
+            # its scripts run in their own sessions and outlive it, and so may whatever they
+            # detached: every process tagged with the run's id goes, with the recorded groups
+            if killed := kill_run_leftovers(run.flow_run_id, run.script_groups):
+                log.info("flow run %s died: killed its leftover processes %s", run.flow_run_id, killed)
             if self.repository.mark_failed(run.job_id, reason, only_if_active=True):
                 failed.append(run.job_id)
                 self._alert(run.job_id, run.flow_run_id, reason)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,3 +108,15 @@ def prefect_api() -> Iterator[str]:
         yield os.environ["PREFECT_API_URL"]
     finally:
         stop_process_group(server)
+
+
+# --- Node ------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tsx_project() -> Path:
+    """A directory where `npx tsx detach.ts` runs a real TypeScript script (tsx from npm)."""
+    from support.node import tsx_project as install
+
+    try:
+        return install()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(f"cannot set up the Node fixture: {exc}", pytrace=False)

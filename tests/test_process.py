@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flows.script_runner import run_process
+from support.escapers import ESCAPER, Cancelled
 
 pytestmark = pytest.mark.unit
 
@@ -253,3 +254,56 @@ def test_grandchild_holding_stdout_does_not_turn_success_into_timeout() -> None:
     outcome = run_process(argv, timeout_seconds=3, on_line=on_line, kill_grace_seconds=1)
     assert outcome.timed_out is False
     assert outcome.exit_code == 0
+
+
+def escaper(pidfile: Path, mode: str) -> list[str]:
+    return script(ESCAPER) + [str(pidfile), mode]
+
+
+def escaped_pids(pidfile: Path) -> list[int]:
+    pids = read_pids(pidfile)
+    assert len(pids) == 2
+    return pids
+
+
+def test_detached_child_and_daemon_are_killed_after_success(tmp_path: Path) -> None:
+    _, on_line = collect()
+    outcome = run_process(
+        escaper(tmp_path / "pids", "exit"), timeout_seconds=20, on_line=on_line, kill_grace_seconds=1
+    )
+    assert outcome.ok
+    assert [pid for pid in escaped_pids(tmp_path / "pids") if not pid_dead(pid)] == []
+
+
+def test_detached_child_and_daemon_are_killed_on_timeout(tmp_path: Path) -> None:
+    _, on_line = collect()
+    outcome = run_process(
+        escaper(tmp_path / "pids", "stay"), timeout_seconds=3, on_line=on_line, kill_grace_seconds=1
+    )
+    assert outcome.timed_out
+    assert [pid for pid in escaped_pids(tmp_path / "pids") if not pid_dead(pid)] == []
+
+
+def test_detached_child_and_daemon_are_killed_when_the_run_is_cancelled(tmp_path: Path) -> None:
+    def cancel_when_ready(stream: str, line: str) -> None:
+        if line == "ready":
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        run_process(
+            escaper(tmp_path / "pids", "stay"),
+            timeout_seconds=60,
+            on_line=cancel_when_ready,
+            kill_grace_seconds=1,
+        )
+    assert [pid for pid in escaped_pids(tmp_path / "pids") if not pid_dead(pid)] == []
+
+
+def test_orphans_are_reaped_not_left_as_zombies(tmp_path: Path) -> None:
+    import psutil
+
+    _, on_line = collect()
+    run_process(escaper(tmp_path / "pids", "exit"), timeout_seconds=20, on_line=on_line, kill_grace_seconds=1)
+    me = psutil.Process()
+    zombies = [c.pid for c in me.children() if c.status() == psutil.STATUS_ZOMBIE]
+    assert not set(zombies) & set(escaped_pids(tmp_path / "pids"))

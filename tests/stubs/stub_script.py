@@ -4,11 +4,15 @@
 
 Reads its behaviour from $STUB_DIR/<script-id>.json (all keys optional):
     {"sleep": 0.2, "fail_times": 0, "exit_code": 1, "progress": [[1, 4], [4, 4]],
-     "grandchild": false, "ignore_term": false, "stderr": "boom"}
+     "grandchild": false, "ignore_term": false, "stderr": "boom",
+     "detached": false, "daemon": false, "exec": ["npx", "tsx", "x.ts"], "cwd": "/dir"}
+grandchild: a child in its group; detached: a child in its own session (setsid, as Node's
+`detached: true`); daemon: a double-forked daemon (re-parented, own session); exec: after the
+start line (and the children), the stub becomes that command, run in `cwd`.
 and appends one JSON line per invocation to $STUB_DIR/calls.jsonl:
     {"script", "flags", "pid", "start", "end", "exit"}  (an "end" line is written on exit;
      a run killed on timeout has only its start line).
-Grandchild pids go to $STUB_DIR/<script-id>.pids, one per line.
+Grandchild, detached and daemon pids go to $STUB_DIR/<script-id>.pids, one per line.
 """
 
 from __future__ import annotations
@@ -34,6 +38,33 @@ def previous_starts(stub_dir: Path, script: str) -> int:
         return 0
     lines = [json.loads(line) for line in calls.read_text().splitlines() if line.strip()]
     return sum(1 for c in lines if c["script"] == script and c["event"] == "start")
+
+
+SLEEPER = "import time; time.sleep(600)"
+
+
+def note_pid(stub_dir: Path, script: str, pid: int) -> None:
+    with (stub_dir / f"{script}.pids").open("a") as handle:
+        handle.write(f"{pid}\n")
+
+
+def start_daemon(stub_dir: Path, script: str) -> None:
+    """The classic double fork: the daemon ends up in its own session, its parent gone."""
+    read, write = os.pipe()
+    if os.fork() == 0:  # first child: new session, fork the daemon, exit
+        os.close(read)
+        os.setsid()
+        daemon = os.fork()
+        if daemon == 0:
+            os.close(write)
+            os.execv(sys.executable, [sys.executable, "-c", SLEEPER])
+        os.write(write, str(daemon).encode())
+        os._exit(0)
+    os.close(write)
+    pid = int(os.read(read, 32))
+    os.close(read)
+    os.wait()  # the first child, so that the daemon is an orphan
+    note_pid(stub_dir, script, pid)
 
 
 def grandparent() -> int | None:
@@ -66,9 +97,15 @@ def main() -> int:
     if spec.get("ignore_term"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if spec.get("grandchild"):
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-        with (stub_dir / f"{script}.pids").open("a") as handle:
-            handle.write(f"{child.pid}\n")
+        note_pid(stub_dir, script, subprocess.Popen([sys.executable, "-c", SLEEPER]).pid)
+    if spec.get("detached"):
+        child = subprocess.Popen([sys.executable, "-c", SLEEPER], start_new_session=True)
+        note_pid(stub_dir, script, child.pid)
+    if spec.get("daemon"):
+        start_daemon(stub_dir, script)
+    if command := spec.get("exec"):
+        os.chdir(spec.get("cwd", "."))
+        os.execvp(command[0], command)
     print(f"{script} starting with {' '.join(flags) or 'no flags'}", flush=True)
     progress = spec.get("progress", [])
     steps = max(len(progress), 1)
