@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         default=3600, ge=0, description="A missed cron slot older than this is not run at all."
     )
     serve_limit: int = Field(default=4, ge=1, description="Runs one serve process executes at once.")
+    syncjob_retry_seconds: float = Field(
+        default=120,
+        ge=0,
+        description="How long a run keeps retrying a SyncJob state write while the database is away.",
+    )
 
     @field_validator("retry_delays", "alert_retry_delays", mode="before")
     @classmethod

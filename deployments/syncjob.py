@@ -3,6 +3,12 @@ write this project makes to it (runs, the shim, the reconciler, the CLI).
 
 Production never creates or alters the table (Prisma owns it); only the embedded SQLite default
 is created here. Timestamps are naive UTC, as Prisma stores `TIMESTAMP(3)`.
+
+State transitions (RUNNING, COMPLETED, FAILED) retry transient database errors — connection
+refused or reset, the server shutting down — for POLIGRAPH_SYNCJOB_RETRY_SECONDS: a database
+blip delays a row, it never fails a run. Every write is idempotent, so repeating one after a lost
+reply is harmless. Progress is not retried here: runs write it in the background
+(`flows/progress_writer.py`).
 """
 
 from __future__ import annotations
@@ -10,19 +16,25 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import logging
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.dml import ReturningInsert
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from deployments.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CONNECT_TIMEOUT_SECONDS = 10  # an unreachable host fails one attempt, not the whole retry window
 
 ERROR_MAX_CHARS = 2000
 # What the admin's cancel (PATCH /api/admin/syncs/<id>) writes; `cancel` in the CLI writes it too.
@@ -83,7 +95,13 @@ def _engine(url: str) -> Engine:
         engine = sa.create_engine(url)
         metadata.create_all(engine)  # the embedded default only; Prisma owns the real table
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    return sa.create_engine(
+        url,
+        pool_pre_ping=True,  # connections that died with a database restart are replaced
+        pool_size=2,
+        max_overflow=2,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
 
 
 def engine_for(settings: Settings | None = None) -> Engine:
@@ -129,6 +147,27 @@ def not_cancelled() -> sa.ColumnElement[bool]:
 ACTIVE = (SyncJobStatus.PENDING, SyncJobStatus.RUNNING)
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A database error worth retrying: the connection, not the statement, went wrong."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    # OperationalError: refused, reset, "terminating connection due to administrator command",
+    # SQLite's "database is locked"; TimeoutError: no pooled connection came free in time
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    first_line = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
+    log.warning(
+        "SyncJob write failed (attempt %d, %s: %s); retrying in %.1fs",
+        state.attempt_number,
+        type(exc).__name__,
+        first_line[0] if first_line else "",
+        state.upcoming_sleep,
+    )
+
+
 class SyncJobRepository:
     """The writes a run makes. Every method is one short transaction.
 
@@ -136,8 +175,22 @@ class SyncJobRepository:
     overwritten by the run's real final state.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, retry_seconds: float = 0.0) -> None:
         self.engine = engine
+        self.retry_seconds = retry_seconds  # how long state transitions retry transient errors
+
+    def _transition(self, write: Callable[[], T]) -> T:
+        """Run one write, retried with backoff while the database is unreachable."""
+        if self.retry_seconds <= 0:
+            return write()
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_delay(self.retry_seconds),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        return retrying(write)
 
     def _upsert(self, values: dict[str, Any], update: dict[str, Any]) -> ReturningInsert[Any]:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
@@ -179,6 +232,9 @@ class SyncJobRepository:
                 "result": link,
             },
         )
+        return self._transition(lambda: self._returns_row(stmt))
+
+    def _returns_row(self, stmt: ReturningInsert[Any]) -> bool:
         with self.engine.begin() as conn:
             return conn.execute(stmt).first() is not None
 
@@ -190,19 +246,17 @@ class SyncJobRepository:
             values["processed"] = processed
         if total is not None:
             values["total"] = total
-        self._update(job_id, values)
+        self._update(job_id, values, sync_job.c.status.in_(ACTIVE))  # a late write never reopens a row
 
     def mark_completed(self, job_id: str, result: Mapping[str, Any]) -> bool:
-        return self._update(
-            job_id,
-            {
-                "status": SyncJobStatus.COMPLETED,
-                "progress": 100,
-                "completedAt": utcnow(),
-                "result": dict(result),
-                "error": None,
-            },
-        )
+        values = {
+            "status": SyncJobStatus.COMPLETED,
+            "progress": 100,
+            "completedAt": utcnow(),
+            "result": dict(result),
+            "error": None,
+        }
+        return self._transition(lambda: self._update(job_id, values))
 
     def mark_failed(
         self,
@@ -227,10 +281,9 @@ class SyncJobRepository:
             values["result"] = dict(result)
         if script is None or only_if_active:
             conditions = [sync_job.c.status.in_(ACTIVE)] if only_if_active else []
-            return self._update(job_id, values, *conditions)
-        with self.engine.begin() as conn:
-            stmt = self._upsert({"id": job_id, "script": script, "createdAt": now, **values}, values)
-            return conn.execute(stmt).first() is not None
+            return self._transition(lambda: self._update(job_id, values, *conditions))
+        stmt = self._upsert({"id": job_id, "script": script, "createdAt": now, **values}, values)
+        return self._transition(lambda: self._returns_row(stmt))
 
     def fail_pending(self, job_id: str, error: str) -> bool:
         """FAILED with the error, only while the row is still PENDING: what intake does for an
@@ -313,5 +366,7 @@ def flow_run_of(row: Mapping[str, Any]) -> str | None:
 
 
 def syncjob_repository(settings: Settings | None = None) -> SyncJobRepository:
-    """The SyncJob repository on DATABASE_URL (or the embedded SQLite file)."""
-    return SyncJobRepository(engine_for(settings))
+    """The SyncJob repository on DATABASE_URL (or the embedded SQLite file); its state
+    transitions retry for POLIGRAPH_SYNCJOB_RETRY_SECONDS."""
+    settings = settings or get_settings()
+    return SyncJobRepository(engine_for(settings), retry_seconds=settings.syncjob_retry_seconds)

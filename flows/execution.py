@@ -15,10 +15,11 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
 from deployments.plans import Plan, PlannedStep
-from deployments.syncjob import SyncJobRepository, job_id_for_flow_run, syncjob_repository
+from deployments.syncjob import SyncJobRepository, job_id_for_flow_run
 from flows import artifacts
 from flows.alerts import alert_failure
 from flows.liveness import registered
+from flows.progress_writer import run_repository
 from flows.step_results import StepResult, summarize
 from flows.steps import StepFailed, configured
 
@@ -36,7 +37,7 @@ def row_id(job_id: str | None) -> str:
 
 def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
     logger = get_run_logger()
-    repository = syncjob_repository()
+    repository = run_repository()  # states retried through DB blips, progress in the background
     job = row_id(job_id)
     run_id = str(flow_run.id)
     if not repository.mark_running(job, plan.job_script, run_id):

@@ -108,27 +108,30 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
-def newer_descendants(since: float, step_tag: str) -> list[psutil.Process]:
-    """Live descendants of this process started at or after `since` that belong to no other step.
+def adopted_orphans(since: float, step_tag: str) -> list[psutil.Process]:
+    """Children of this process started at or after `since` that belong to no other step, and
+    their descendants: with the subreaper flag, the orphans of a script and what they started,
+    even one that cleared its environment.
 
-    With the subreaper flag, orphans of a script are re-parented here, so this also finds a
-    descendant that cleared its environment. Processes tagged with another step's id (another
-    step running in this process at the same time) are left alone.
+    Only direct children are candidates: an orphan is re-parented to this process itself, while
+    the descendants of its other children (a database server's connection processes, in a test)
+    are none of a script's business.
     """
+    found: dict[int, psutil.Process] = {}
     try:
-        children = psutil.Process().children(recursive=True)
+        children = psutil.Process().children()
     except psutil.Error:
         return []
-    found = []
-    for process in _live(children):
+    for child in _live(children):
         try:
-            if process.create_time() < since:
+            if child.create_time() < since or tag_of(child, STEP_TAG) not in (None, step_tag):
                 continue
+            found[child.pid] = child
+            for descendant in _live(child.children(recursive=True)):
+                found.setdefault(descendant.pid, descendant)
         except psutil.Error:
             continue
-        if tag_of(process, STEP_TAG) in (None, step_tag):
-            found.append(process)
-    return found
+    return list(found.values())
 
 
 def send(processes: Iterable[psutil.Process], sig: signal.Signals) -> None:

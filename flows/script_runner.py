@@ -27,9 +27,9 @@ import psutil
 
 from flows.process_tree import (
     STEP_TAG,
+    adopted_orphans,
     become_subreaper,
     group_members,
-    newer_descendants,
     reap,
     tagged,
     terminate,
@@ -163,9 +163,9 @@ class ScriptProcess:
 
     def _members(self) -> list[psutil.Process]:
         """Every live process of this command: its group, its tagged descendants wherever they
-        went, and orphans re-parented here that started after it."""
+        went, and orphans re-parented here (with what they started) since it started."""
         found = {p.pid: p for p in group_members(self.proc.pid)}
-        for process in [*tagged(STEP_TAG, self.step_id), *newer_descendants(self._born, self.step_id)]:
+        for process in [*tagged(STEP_TAG, self.step_id), *adopted_orphans(self._born, self.step_id)]:
             found.setdefault(process.pid, process)
         return list(found.values())
 

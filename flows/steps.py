@@ -13,11 +13,11 @@ from prefect.runtime import flow_run, task_run
 from deployments.plans import PlannedStep
 from deployments.settings import Settings, get_settings
 from deployments.specs import script_limit_name
-from deployments.syncjob import syncjob_repository
 from flows.liveness import note_script_group
 from flows.process_tree import RUN_TAG
 from flows.progress import parse_progress
 from flows.progress_tracker import ProgressTracker
+from flows.progress_writer import run_repository
 from flows.script_runner import ProcessOutcome, run_process
 from flows.step_results import StepResult
 
@@ -81,7 +81,7 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
     settings = get_settings()
     logger = get_run_logger()
     tracker = ProgressTracker(
-        syncjob_repository(settings), job_id, step_index, step_count, settings.progress_interval_seconds
+        run_repository(settings), job_id, step_index, step_count, settings.progress_interval_seconds
     )
     argv = step_argv(settings, step)
     # strict: a missing limit is an error, never an unprotected run.

@@ -36,7 +36,7 @@ from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import is_critical
 from deployments.syncjob import SyncJobRepository, flow_run_of, syncjob_repository, utcnow
-from flows.alerts import alert_failure
+from flows.alerts import AlertSender, alert_failure, start_spool_sender
 from flows.liveness import dead_runs
 from flows.process_tree import kill_run_leftovers
 from scripts.cancel import FINAL, cancel_flow_run, state_of
@@ -55,6 +55,7 @@ class Reconciler:
         self.settings = get_settings()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._alerts: AlertSender | None = None
         self._cancel_requested: set[str] = set()
 
     # --- passes --------------------------------------------------------------------------
@@ -152,11 +153,17 @@ class Reconciler:
 
     # --- loop ----------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread = threading.Thread(target=self.run_forever, name="reconciler", daemon=True)
         self._thread.start()
+
+    def run_forever(self) -> None:
+        self._alerts = start_spool_sender()  # delivers what runs queued, even after they exited
+        self._loop()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._alerts:
+            self._alerts.stop()
         if self._thread:
             self._thread.join(timeout=10)
 
@@ -173,8 +180,7 @@ class Reconciler:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    reconciler = Reconciler()
-    reconciler._loop()
+    Reconciler().run_forever()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from deployments.settings import reload_settings
 from deployments.specs import deployment_specs
 from deployments.syncjob import CANCEL_MESSAGE, job_id_for_flow_run
 from scripts.reconcile import Reconciler
-from support.paths import STATE
+from support.paths import STATE, STUB_ROOT
 from support.polling import run_async, wait_for
 from support.prefect_server import create_run, deployment_ready, start_serve, wait_final
 from support.processes import process_alive, stop_process_group
@@ -56,10 +56,11 @@ def serving(prefect_api, pg_url):
 
 # --- cancel ---------------------------------------------------------------------------------------
 def test_admin_cancel_stops_the_script_within_seconds_and_stays(serving, syncjobs, stubs):
-    stubs.configure("long", sleep=120, grandchild=True)
+    # a child in its group, one in its own session, a double-forked daemon: all must die
+    stubs.configure("long", sleep=120, grandchild=True, detached=True, daemon=True)
     insert_pending(syncjobs, "ccancelop0000000000000001", "long")
     run = create_run("sync-script/long", job_id="ccancelop0000000000000001")
-    wait_for(lambda: stubs.pids("long"), timeout=60, what="the script to start")
+    wait_for(lambda: len(stubs.pids("long")) == 3, timeout=60, what="the script to start")
     pids = stubs.pids("long") + [c["pid"] for c in stubs.events("long", "start")]
     assert syncjobs.cancel("ccancelop0000000000000001")  # exactly what PATCH /api/admin/syncs/<id> does
     wait_for(lambda: not [p for p in pids if process_alive(p)], timeout=20, what="the script to die")
@@ -153,7 +154,7 @@ def test_a_critical_script_failing_for_good_is_announced(syncjobs, stubs, webhoo
     state = sync_script(script="vital", return_state=True)
     sync_script(script="broken", return_state=True)  # not critical: no alert
     assert state.is_failed()
-    (body,) = webhook.bodies
+    (body,) = wait_for(lambda: webhook.bodies, timeout=20, what="the alert")  # sent in the background
     assert body["event"] == "sync.failed" and body["script"] == "vital" and body["status"] == "FAILED"
     assert body["jobId"] == job_id_for_flow_run(str(state.state_details.flow_run_id))
     assert body["flowRunId"] == str(state.state_details.flow_run_id)
@@ -163,7 +164,7 @@ def test_a_critical_script_failing_for_good_is_announced(syncjobs, stubs, webhoo
 def test_no_webhook_configured_sends_nothing(syncjobs, stubs, prefect_api):
     from flows.alerts import alert_failure
 
-    assert alert_failure("vital", "cjob", None, "boom") is False
+    assert alert_failure("vital", "cjob", None, "boom") is None
 
 
 # --- missed cron slots ----------------------------------------------------------------------------
@@ -195,11 +196,22 @@ def test_after_downtime_missed_slots_run_once_and_not_when_too_old(serving, sync
 
 
 # --- a dead serving process -----------------------------------------------------------------------
-def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(serving, syncjobs, stubs):
-    stubs.configure("orphan", sleep=120, grandchild=True)
+def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(
+    serving, syncjobs, stubs, tsx_project
+):
+    # the script: a child in its group, a double-forked daemon, then it becomes `npx tsx` running
+    # a TypeScript script that spawns a `detached: true` child and stays
+    pids_file = STUB_ROOT / "orphan.pids"
+    stubs.configure(
+        "orphan",
+        grandchild=True,
+        daemon=True,
+        exec=["npx", "tsx", "detach.ts", str(pids_file), "stay"],
+        cwd=str(tsx_project),
+    )
     insert_pending(syncjobs, "ckilled000000000000000001", "orphan")
     create_run("sync-script/orphan", job_id="ckilled000000000000000001")
-    wait_for(lambda: stubs.pids("orphan"), timeout=60, what="the script to start")
+    wait_for(lambda: len(stubs.pids("orphan")) == 4, timeout=90, what="the script and its children to start")
     script_pids = stubs.pids("orphan") + [c["pid"] for c in stubs.events("orphan", "start")]
     run_files = list((STATE / "home" / "runs").glob("*.json"))
     flow_pids = [json.loads(p.read_text())["pid"] for p in run_files]

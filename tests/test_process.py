@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -307,3 +308,44 @@ def test_orphans_are_reaped_not_left_as_zombies(tmp_path: Path) -> None:
     me = psutil.Process()
     zombies = [c.pid for c in me.children() if c.status() == psutil.STATUS_ZOMBIE]
     assert not set(zombies) & set(escaped_pids(tmp_path / "pids"))
+
+
+def test_descendants_of_the_runners_other_children_are_left_alone(tmp_path: Path) -> None:
+    """A long-lived child of this process (a database server, in a test) starting a process while
+    a step runs, as PostgreSQL does for each connection: not the step's to kill."""
+    import subprocess
+
+    spawner = subprocess.Popen(
+        script(
+            """
+            import os, subprocess, sys, time
+            go, pidfile = sys.argv[1], sys.argv[2]
+            while not os.path.exists(go):
+                time.sleep(0.02)
+            worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            open(pidfile + ".tmp", "w").write(str(worker.pid))
+            os.replace(pidfile + ".tmp", pidfile)
+            time.sleep(600)
+            """
+        )
+        + [str(tmp_path / "go"), str(tmp_path / "worker")]
+    )
+    try:
+
+        def spawn_during_the_step(stream: str, line: str) -> None:
+            (tmp_path / "go").touch()
+            deadline = time.monotonic() + 10
+            while not (tmp_path / "worker").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+        outcome = run_process(
+            script("print('hi', flush=True)"), timeout_seconds=20, on_line=spawn_during_the_step
+        )
+        assert outcome.ok
+        worker = int((tmp_path / "worker").read_text())
+        assert not pid_dead(worker) and not pid_dead(spawner.pid)
+    finally:
+        spawner.kill()
+        spawner.wait()
+        if (tmp_path / "worker").exists():
+            os.kill(int((tmp_path / "worker").read_text()), signal.SIGKILL)

@@ -5,6 +5,9 @@ Usage::
     with temporary_postgres() as url:
         apply_sql(url, Path("tests/sql/syncjob.sql"))
         engine = sqlalchemy.create_engine(url)
+
+    cluster = PostgresCluster()     # one a test can stop and start again on the same port
+    cluster.start(); cluster.create_database(); cluster.stop(); cluster.start(); cluster.remove()
 """
 
 from __future__ import annotations
@@ -118,72 +121,103 @@ def _wait_ready(server: subprocess.Popen[bytes], port: int, log_path: Path) -> N
     )
 
 
-@contextmanager
-def temporary_postgres() -> Iterator[str]:
-    """Start a throwaway server; yield `postgresql+psycopg://postgres@127.0.0.1:PORT/poligraph`."""
-    bindir = find_pg_bindir()
-    tmp = Path(tempfile.mkdtemp(prefix="pgtest-"))
-    server: subprocess.Popen[bytes] | None = None
-    run_as: dict[str, Any] = {}
-    data_dir = tmp / "data"
-    try:
-        run_as = _run_as_kwargs(tmp)
-        sock_dir = tmp / "sock"
-        sock_dir.mkdir()
-        if "user" in run_as:  # root: hand the whole temp dir to the postgres user
-            for path in (tmp, sock_dir):
-                os.chown(path, run_as["user"], run_as["group"])
+class PostgresCluster:
+    """A throwaway cluster that a test can stop and start again on the same port (an outage)."""
 
+    def __init__(self) -> None:
+        self.bindir = find_pg_bindir()
+        self.tmp = Path(tempfile.mkdtemp(prefix="pgtest-"))
+        self.data_dir = self.tmp / "data"
+        self.sock_dir = self.tmp / "sock"
+        self.log_path = self.tmp / "server.log"
+        self.port = free_port()
+        self.server: subprocess.Popen[bytes] | None = None
+        self.run_as: dict[str, Any] = {}
+        try:
+            self._init()
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _init(self) -> None:
+        self.run_as = _run_as_kwargs(self.tmp)
+        self.sock_dir.mkdir()
+        if "user" in self.run_as:  # root: hand the whole temp dir to the postgres user
+            for path in (self.tmp, self.sock_dir):
+                os.chown(path, self.run_as["user"], self.run_as["group"])
         _run(
             [
-                str(bindir / "initdb"),
-                "-D", str(data_dir),
+                str(self.bindir / "initdb"),
+                "-D", str(self.data_dir),
                 "-A", "trust",
                 "-U", SUPERUSER,
                 "-E", "UTF8",
                 "--no-locale",
                 "--no-sync",
             ],
-            run_as,
+            self.run_as,
             "initdb",
         )  # fmt: skip
 
-        port = free_port()
-        log_path = tmp / "server.log"
-        with open(log_path, "wb") as log:  # child keeps its own copy of the fd
-            server = subprocess.Popen(
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{DB_NAME}"
+
+    def start(self) -> None:
+        """Start the server (again) on its port; returns once it accepts connections."""
+        with open(self.log_path, "ab") as log:  # child keeps its own copy of the fd
+            self.server = subprocess.Popen(
                 [
-                    str(bindir / "postgres"),
-                    "-D", str(data_dir),
+                    str(self.bindir / "postgres"),
+                    "-D", str(self.data_dir),
                     "-c", "listen_addresses=127.0.0.1",
-                    "-c", f"port={port}",
-                    "-c", f"unix_socket_directories={sock_dir}",
+                    "-c", f"port={self.port}",
+                    "-c", f"unix_socket_directories={self.sock_dir}",
                     "-c", "fsync=off",
                     "-c", "synchronous_commit=off",
                     "-c", "full_page_writes=off",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                **run_as,
+                **self.run_as,
             )  # fmt: skip
-        _wait_ready(server, port, log_path)
+        _wait_ready(self.server, self.port, self.log_path)
 
+    def create_database(self) -> None:
         with psycopg.connect(
-            host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", autocommit=True
+            host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True
         ) as conn:
             conn.execute(f'CREATE DATABASE "{DB_NAME}"'.encode())
 
-        yield f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/{DB_NAME}"
+    def stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m <mode>`: fast disconnects every client (admin shutdown), as a restart does."""
+        if self.server is not None:
+            _stop(self.bindir, self.data_dir, self.server, self.run_as, mode)
+            self.server = None
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextmanager
+def temporary_postgres() -> Iterator[str]:
+    """Start a throwaway server; yield `postgresql+psycopg://postgres@127.0.0.1:PORT/poligraph`."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        cluster.create_database()
+        yield cluster.url
     finally:
-        if server is not None:
-            _stop(bindir, data_dir, server, run_as)
-        shutil.rmtree(tmp, ignore_errors=True)
+        cluster.remove()
 
 
-def _stop(bindir: Path, data_dir: Path, server: subprocess.Popen[bytes], run_as: dict[str, Any]) -> None:
+def _stop(
+    bindir: Path, data_dir: Path, server: subprocess.Popen[bytes], run_as: dict[str, Any], mode: str
+) -> None:
     if server.poll() is None:
         subprocess.run(
-            [str(bindir / "pg_ctl"), "stop", "-D", str(data_dir), "-m", "immediate", "-w"],
+            [str(bindir / "pg_ctl"), "stop", "-D", str(data_dir), "-m", mode, "-w"],
             capture_output=True,
             check=False,
             **run_as,

@@ -14,6 +14,8 @@ import httpx
 
 from support.paths import REPO, STATE
 from support.polling import run_async, wait_for
+from support.ports import free_port
+from support.processes import stop_process_group
 
 
 def start_prefect_server(
@@ -50,6 +52,33 @@ def start_prefect_server(
 
     wait_for(healthy, timeout=90, interval=0.3, what="prefect server health")
     return server
+
+
+class PrefectServer:
+    """A Prefect server a test can stop and start again: same port, same home, same database."""
+
+    def __init__(self, home: Path, log_name: str, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.home = home
+        self.log_name = log_name
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        self.proc = start_prefect_server(self.port, self.home, self.log_name, self.extra_env)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process_group(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
 
 def start_serve(extra_env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
