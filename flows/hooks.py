@@ -43,9 +43,10 @@ def mark_job_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) 
     script = row_script_for(catalog, parameters)
     message = failure_message(state)
     try:
-        syncjob_repository().mark_failed(job_id, message, script=script)
-        # step failures alert where they happen (execution.py); a crash never reaches a step
-        if state.is_crashed() and is_critical(catalog, script):
+        written = syncjob_repository().mark_failed(job_id, message, script=script)
+        # step failures alert where they happen (execution.py); a crash never reaches a step.
+        # Not written: the row was cancelled, and a cancel ends the process as a crash would.
+        if written and state.is_crashed() and is_critical(catalog, script):
             alert_failure(script or "", job_id, str(flow_run.id), message)
     except Exception:  # a hook must not mask the run's own state
         log.exception("could not mark SyncJob %s failed", job_id)

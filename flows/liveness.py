@@ -59,25 +59,35 @@ def note_script_group(flow_run_id: str, pgid: int) -> None:
     path.write_text(json.dumps(data))
 
 
+def _read(path: Path) -> RunFile | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return RunFile(
+        data["flowRunId"],
+        data["jobId"],
+        data["pid"],
+        data.get("started"),
+        path,
+        tuple(data.get("scriptGroups", ())),
+    )
+
+
+def _alive(run: RunFile) -> bool:
+    return run.started is not None and start_time(run.pid) == run.started
+
+
 def dead_runs() -> list[RunFile]:
     """Runs whose process is gone without cleaning up."""
     directory = runs_dir()
     if not directory.is_dir():
         return []
-    dead = []
-    for path in directory.glob("*.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        run = RunFile(
-            data["flowRunId"],
-            data["jobId"],
-            data["pid"],
-            data.get("started"),
-            path,
-            tuple(data.get("scriptGroups", ())),
-        )
-        if run.started is None or start_time(run.pid) != run.started:
-            dead.append(run)
-    return dead
+    runs = (_read(path) for path in directory.glob("*.json"))
+    return [run for run in runs if run is not None and not _alive(run)]
+
+
+def live_run(flow_run_id: str) -> RunFile | None:
+    """The run file of `flow_run_id` when its process is alive on this machine."""
+    run = _read(runs_dir() / f"{flow_run_id}.json")
+    return run if run is not None and _alive(run) else None

@@ -59,6 +59,17 @@ def start_time(pid: int) -> float | None:
         return None
 
 
+def signal_process(pid: int, started: float | None, sig: signal.Signals) -> bool:
+    """Signal `pid` if it is still the process that started at `started` (not a reused pid)."""
+    if started is None or start_time(pid) != started:
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def become_subreaper() -> bool:
     """Make orphaned descendants of this process re-parent to it (Linux only); True when set.
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, ClassVar
@@ -151,7 +153,8 @@ class ScriptProcess:
     def stop(self) -> None:
         """SIGTERM every process of this command, SIGKILL whatever is left after the grace, reap."""
         if self._proc is not None:
-            terminate(self._members, self.kill_grace_seconds, on_poll=self._reap)
+            with sigterm_held():
+                terminate(self._members, self.kill_grace_seconds, on_poll=self._reap)
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
@@ -222,6 +225,28 @@ def run_process(
         # and on success (a script may leave background children or daemons behind).
         process.stop()
     return process.outcome(timed_out)
+
+
+@contextmanager
+def sigterm_held() -> Iterator[None]:
+    """Hold SIGTERM until the block ends, then deliver it (main thread only).
+
+    A cancel arrives as SIGTERM, which Prefect turns into an exception; the cleanup it starts
+    must not be cut short by a second SIGTERM (a runner or a reconciler insisting, a service
+    stopping), or the script's processes would outlive it.
+    """
+    held: list[int] = []
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda signum, _frame: held.append(signum))
+    except ValueError:  # not the main thread, where Python runs signal handlers: nothing to hold
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        if held:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _pump(pipe: IO[bytes], stream: str, out: queue.Queue[_Line]) -> None:

@@ -5,7 +5,9 @@ Passes, run by a thread of the serving process (`scripts.serve`) or alone, next 
 
 * cancel: a row the admin (or `poligraph-jobs cancel`) flipped to FAILED with the cancel message
   while its flow run still runs → the flow run is cancelled in Prefect, which stops the process
-  and its script's process group;
+  and its scripts. A run still Cancelling after CANCEL_FALLBACK_SECONDS (its runner stopped
+  watching: docs/prefect.md, "serve") is stopped here when its process runs on this machine:
+  SIGTERM, SIGKILL after the grace, then Cancelled;
 * dead local runs: a run whose process died on this machine (its run file stays behind) → the
   flow run is marked Crashed, its row FAILED, and every process it left (tagged with its flow-run
   id, detached or not) is killed;
@@ -16,6 +18,7 @@ Passes, run by a thread of the serving process (`scripts.serve`) or alone, next 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -30,18 +33,19 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Crashed
+from prefect.states import Cancelled, Crashed
 
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import is_critical
 from deployments.syncjob import SyncJobRepository, flow_run_of, syncjob_repository, utcnow
 from flows.alerts import AlertSender, alert_failure, start_spool_sender
-from flows.liveness import dead_runs
-from flows.process_tree import kill_run_leftovers
+from flows.liveness import dead_runs, live_run, runs_dir
+from flows.process_tree import kill_run_leftovers, signal_process
 from scripts.cancel import FINAL, cancel_flow_run, state_of
 
 log = logging.getLogger("poligraph.reconcile")
+CANCEL_FALLBACK_SECONDS = 15.0  # a runner that watches stops a Cancelling run within a few seconds
 ENDED_BADLY = {
     StateType.CRASHED: "a planté (Crashed)",
     StateType.CANCELLED: "a été annulé",
@@ -56,7 +60,7 @@ class Reconciler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._alerts: AlertSender | None = None
-        self._cancel_requested: set[str] = set()
+        self._settled: set[str] = set()  # cancelled runs that reached a final state
 
     # --- passes --------------------------------------------------------------------------
     def cancel_pass(self, client: SyncPrefectClient) -> list[str]:
@@ -65,13 +69,53 @@ class Reconciler:
         since = utcnow() - timedelta(hours=6)
         for row in self.repository.cancelled_since(since):
             run_id = flow_run_of(row)
-            if not run_id or run_id in self._cancel_requested:
+            if not run_id or run_id in self._settled:
                 continue
-            self._cancel_requested.add(run_id)
-            if cancel_flow_run(client, run_id, "cancelled from the admin"):
-                asked.append(run_id)
-                log.info("SyncJob %s cancelled: cancelling flow run %s", row["id"], run_id)
+            state = state_of(client, run_id)
+            if state is None or state.type in FINAL:
+                self._settled.add(run_id)
+                self._finish_stop(client, run_id)
+            elif state.name != "Cancelling":
+                if cancel_flow_run(client, run_id, "cancelled from the admin"):
+                    asked.append(run_id)
+                    log.info("SyncJob %s cancelled: cancelling flow run %s", row["id"], run_id)
+            elif (datetime.now(UTC) - state.timestamp).total_seconds() >= CANCEL_FALLBACK_SECONDS:
+                self._stop_here(client, run_id)
         return asked
+
+    def _stop_here(self, client: SyncPrefectClient, run_id: str) -> None:
+        """Stop a Cancelling run that its runner left running, if its process is on this machine.
+
+        A marker file next to the run file remembers, across reconciler restarts, that the stop
+        is ours: SIGTERM once, SIGKILL after the grace, and once the process is gone the run is
+        set Cancelled (a run left Cancelling would hold its deployment's slot for ever).
+        """
+        marker = runs_dir() / f"{run_id}.stopping"
+        run = live_run(run_id)
+        if run is None:
+            self._finish_stop(client, run_id)
+            return
+        if not marker.exists():
+            marker.write_text(str(time.time()))
+            log.warning("flow run %s still Cancelling: stopping its process %d here", run_id, run.pid)
+            signal_process(run.pid, run.started, signal.SIGTERM)
+        elif time.time() - float(marker.read_text() or 0) > self.settings.kill_grace_seconds + 10:
+            signal_process(run.pid, run.started, signal.SIGKILL)
+            kill_run_leftovers(run_id, run.script_groups)
+
+    def _finish_stop(self, client: SyncPrefectClient, run_id: str) -> None:
+        """A run this reconciler stopped is gone: kill what it left, and call it Cancelled (a
+        SIGTERM makes Prefect call it Crashed)."""
+        marker = runs_dir() / f"{run_id}.stopping"
+        if not marker.exists():
+            return
+        kill_run_leftovers(run_id)
+        state = state_of(client, run_id)
+        if state is not None and state.type != StateType.CANCELLED:
+            client.set_flow_run_state(
+                UUID(run_id), Cancelled(message="stopped by the reconciler"), force=True
+            )
+        marker.unlink(missing_ok=True)
 
     def dead_local_runs_pass(self, client: SyncPrefectClient) -> list[str]:
         """Runs of this machine whose process died: Crashed in Prefect, FAILED in the row."""

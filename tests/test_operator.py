@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -28,6 +26,7 @@ from support.polling import run_async, wait_for
 from support.prefect_server import create_run, deployment_ready, start_serve, wait_final
 from support.processes import process_alive, stop_process_group
 from support.syncjob import insert_pending
+from support.webhook import Webhook
 
 pytestmark = pytest.mark.integration
 
@@ -114,36 +113,14 @@ def test_rows_of_crashed_or_vanished_runs_are_failed(serving, syncjobs, stubs):
 
 
 # --- alerts ---------------------------------------------------------------------------------------
-class Receiver(BaseHTTPRequestHandler):
-    bodies: list[dict] = []
-    failures_left = 0
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if Receiver.failures_left > 0:
-            Receiver.failures_left -= 1
-            self.send_response(500)
-        else:
-            Receiver.bodies.append(body)
-            self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
 def webhook():
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
-    Receiver.bodies, Receiver.failures_left = [], 1  # the first attempt fails: retried
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    os.environ["POLIGRAPH_ALERT_WEBHOOK_URL"] = f"http://127.0.0.1:{server.server_port}/hook"
-    reload_settings()
-    yield Receiver
+    with Webhook(plan=[(0, 500)]) as hook:  # the first attempt fails: retried
+        os.environ["POLIGRAPH_ALERT_WEBHOOK_URL"] = hook.url
+        reload_settings()
+        yield hook
     os.environ.pop("POLIGRAPH_ALERT_WEBHOOK_URL")
     reload_settings()
-    server.shutdown()
 
 
 def test_a_critical_script_failing_for_good_is_announced(syncjobs, stubs, webhook, prefect_api):
@@ -154,7 +131,7 @@ def test_a_critical_script_failing_for_good_is_announced(syncjobs, stubs, webhoo
     state = sync_script(script="vital", return_state=True)
     sync_script(script="broken", return_state=True)  # not critical: no alert
     assert state.is_failed()
-    (body,) = wait_for(lambda: webhook.bodies, timeout=20, what="the alert")  # sent in the background
+    (body,) = wait_for(webhook.delivered, timeout=20, what="the alert")  # sent in the background
     assert body["event"] == "sync.failed" and body["script"] == "vital" and body["status"] == "FAILED"
     assert body["jobId"] == job_id_for_flow_run(str(state.state_details.flow_run_id))
     assert body["flowRunId"] == str(state.state_details.flow_run_id)

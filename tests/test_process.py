@@ -349,3 +349,19 @@ def test_descendants_of_the_runners_other_children_are_left_alone(tmp_path: Path
         spawner.wait()
         if (tmp_path / "worker").exists():
             os.kill(int((tmp_path / "worker").read_text()), signal.SIGKILL)
+
+
+def test_a_sigterm_during_cleanup_is_held_until_it_is_done() -> None:
+    from flows.script_runner import sigterm_held
+
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    try:
+        with sigterm_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # let the interpreter run handlers
+            assert received == []
+        time.sleep(0.05)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
