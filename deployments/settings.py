@@ -77,6 +77,15 @@ class Settings(BaseSettings):
         default=3600, ge=0, description="A missed cron slot older than this is not run at all."
     )
     serve_limit: int = Field(default=4, ge=1, description="Runs one serve process executes at once.")
+    result_storage: str | None = Field(
+        default=None,
+        description=(
+            "Where durable steps keep their results when several workers share runs: a directory "
+            "every worker mounts at the same path (/mnt/x or file:///mnt/x) or an existing storage "
+            "block (block:<type slug>/<name>, e.g. block:s3-bucket/results). `scripts.setup` makes it "
+            "the Prefect server's default result storage."
+        ),
+    )
     syncjob_retry_seconds: float = Field(
         default=120,
         ge=0,

@@ -1,6 +1,7 @@
 """Production setup and roll-out, safe to run again:
 
-    python -m scripts.setup            # work pool + per-script concurrency limits
+    python -m scripts.setup            # work pool + per-script concurrency limits (+ the shared
+                                       #     result storage, when POLIGRAPH_RESULT_STORAGE is set)
     python -m scripts.setup --deploy   # ... then `prefect deploy --all`, each deployment's run
                                        #     form, and prune what the catalog no longer has
 
@@ -23,8 +24,9 @@ from prefect.exceptions import ObjectNotFound
 
 from deployments.catalog import Catalog, get_catalog
 from deployments.prefect_yaml import PREFECT_YAML, WORK_POOL
-from deployments.settings import PACKAGE_ROOT
+from deployments.settings import PACKAGE_ROOT, get_settings
 from deployments.specs import BASE_TAG, deployment_specs
+from scripts import result_storage
 from scripts.limits import ensure_script_limits
 from scripts.run_forms import apply_run_forms
 
@@ -64,11 +66,16 @@ async def prune(client: PrefectClient, catalog: Catalog) -> list[str]:
 
 async def setup(deploy: bool) -> None:
     catalog = get_catalog()
+    if storage := get_settings().result_storage:
+        result_storage.parse(storage)  # a bad value is refused before anything changes
     async with get_client() as client:
         created = await ensure_work_pool(client)
         print(f"work pool {WORK_POOL}: {'created' if created else 'exists'}")
     limits = await ensure_script_limits(catalog)
     print(f"{len(limits)} per-script concurrency limits ready")
+    if storage:
+        async with get_client() as client:
+            print(f"step results go to {await result_storage.configure(client, storage)}")
     if not deploy:
         return
     subprocess.run(
@@ -92,7 +99,11 @@ async def setup(deploy: bool) -> None:
 
 
 def main() -> None:
-    asyncio.run(setup(deploy="--deploy" in sys.argv[1:]))
+    try:
+        asyncio.run(setup(deploy="--deploy" in sys.argv[1:]))
+    except result_storage.BadResultStorage as exc:
+        print(f"POLIGRAPH_RESULT_STORAGE: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

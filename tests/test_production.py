@@ -18,8 +18,9 @@ import psycopg
 import pytest
 
 from deployments.syncjob import flow_run_of
+from scripts.limits import DISK_LEASES
 from support.paths import REPO, STATE, STUB_ROOT
-from support.polling import wait_for
+from support.polling import run_async, wait_for
 from support.ports import free_port
 from support.prefect_server import start_prefect_server
 from support.processes import stop_process_group
@@ -45,6 +46,32 @@ def spawn(args: list[str], env: dict[str, str], log_name: str) -> subprocess.Pop
     )
 
 
+def start_worker(base: dict[str, str], name: str, **extra: str) -> subprocess.Popen[bytes]:
+    """`prefect worker start` on the poligraph pool, polling every second, its own local state."""
+    return spawn(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "poligraph", "--limit", "4"],
+        {
+            **base,
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+            "POLIGRAPH_HOME": str(STATE / name),
+            **extra,
+        },
+        f"{name}.log",
+    )
+
+
+def run_setup(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.setup", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.fixture
 def prefect_on_postgres(pg_url):
     database = f"prefect_{uuid.uuid4().hex[:8]}"
@@ -57,7 +84,11 @@ def prefect_on_postgres(pg_url):
         port,
         STATE / f"{database}-home",
         f"{database}.log",
-        {"PREFECT_SERVER_DATABASE_CONNECTION_URL": server_db},
+        # as the production section says: slot leases survive a server restart
+        {
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": server_db,
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": DISK_LEASES,
+        },
     )
     yield f"http://127.0.0.1:{port}/api"
     stop_process_group(server)
@@ -70,14 +101,7 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
     for script in SCRIPTS:
         stubs.configure(script, sleep=0.5)
 
-    setup = subprocess.run(
-        [sys.executable, "-m", "scripts.setup", "--deploy"],
-        env=base,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    setup = run_setup(base, "--deploy")
     assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
     assert (REPO / "prefect.yaml").read_text() == _generated_prefect_yaml()  # deploy left it as is
     # prefect deploy sent the flow's schema; setup then gave the deployment its own run form
@@ -85,29 +109,10 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
     assert deployed["description"].startswith("Scrutins AN — Scrutins Assemblée nationale\n\n")
     flags = deployed["parameter_openapi_schema"]["properties"]["flags"]
     assert flags["description"].startswith("Replaces the default flags of sync-scrutins-an (--today).")
-    again = subprocess.run(
-        [sys.executable, "-m", "scripts.setup"],
-        env=base,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    again = run_setup(base)
     assert again.returncode == 0 and "work pool poligraph: exists" in again.stdout  # safe to repeat
 
-    workers = [
-        spawn(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "poligraph", "--limit", "4"],
-            {
-                **base,
-                "PREFECT_WORKER_QUERY_SECONDS": "1",
-                "PREFECT_WORKER_PREFETCH_SECONDS": "2",
-                "POLIGRAPH_HOME": str(STATE / f"worker-{i}"),
-            },
-            f"worker-{i}.log",
-        )
-        for i in (1, 2)
-    ]
+    workers = [start_worker(base, f"worker-{i}") for i in (1, 2)]
     shim_ports = [free_port(), free_port()]
     shims = []
     try:
@@ -194,3 +199,94 @@ def test_rollout_prunes_renamed_deployments_and_removed_schedules(prefect_api):
     assert "deployment sync-script/renamed-away" in removed
     assert "schedule dropped-from-catalog of sync-group/daily" in removed
     assert slugs == ["test-daily"] and "renamed-away" not in names
+
+
+def test_serve_and_setup_warn_when_the_server_keeps_leases_in_memory(prefect_api, caplog):
+    from deployments.catalog import get_catalog
+    from scripts.limits import MEMORY_LEASES, ensure_script_limits, server_lease_storage
+    from support.polling import run_async
+
+    async def storage() -> str | None:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            return await server_lease_storage(client)
+
+    assert run_async(storage()) == MEMORY_LEASES  # the test server keeps Prefect's default
+    with caplog.at_level("WARNING", logger="poligraph.limits"):
+        run_async(ensure_script_limits(get_catalog()))
+    assert (
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem"
+        in caplog.text
+    )
+
+
+def test_a_retry_on_another_worker_skips_the_steps_done_on_the_first(
+    prefect_on_postgres, pg_url, syncjobs, stubs
+):
+    """Durable steps across machines: results in the shared storage setup configures."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.states import Scheduled
+
+    from deployments.syncjob import job_id_for_flow_run
+    from support.prefect_server import create_run, wait_final
+
+    shared = STATE / "shared-results"  # a mount every worker has at the same path
+    base = production_env(
+        prefect_on_postgres,
+        pg_url,
+        {"STUB_DIR": str(STUB_ROOT), "POLIGRAPH_RESULT_STORAGE": f"file://{shared}"},
+    )
+    setup = run_setup(base)
+    assert setup.returncode == 0, setup.stderr[-2000:]
+    assert f"step results go to directory {shared}" in setup.stdout
+    deploy = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "--no-prompt",
+            "deploy",
+            "--name",
+            "press",
+            "--prefect-file",
+            "prefect.yaml",
+        ],
+        env=base,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    stubs.configure("sync-press-analysis", fail_times=3)  # every attempt of the first flow run fails
+
+    # two machines: each worker has its own Prefect home, hence its own local result storage
+    machine = {name: {"PREFECT_HOME": str(STATE / f"{name}-prefect")} for name in ("a", "b")}
+    with temporary_settings({PREFECT_API_URL: prefect_on_postgres}):
+        worker_a = start_worker(base, "worker-a", **machine["a"])
+        try:
+            run = create_run("sync-group/press")
+            assert wait_final(run, timeout=180).is_failed()
+        finally:
+            stop_process_group(worker_a, timeout=40)
+        worker_b = start_worker(base, "worker-b", **machine["b"])
+        try:
+
+            async def retry() -> None:  # what "Retry" in the UI does: the same flow run again
+                async with get_client() as client:
+                    await client.set_flow_run_state(run, Scheduled(name="AwaitingRetry"), force=True)
+
+            run_async(retry())
+            assert wait_final(run, timeout=180).is_completed()
+        finally:
+            stop_process_group(worker_b, timeout=40)
+
+    assert stubs.starts("sync-press") == 1, "the retry ran the completed step again"
+    (press,) = stubs.events("sync-press", "start")
+    last_analysis = stubs.events("sync-press-analysis", "start")[-1]
+    assert press["gppid"] == worker_a.pid and last_analysis["gppid"] == worker_b.pid
+    assert any(shared.iterdir()), "no result in the shared storage"
+    row = syncjobs.get(job_id_for_flow_run(str(run)))
+    assert row["status"] == "COMPLETED" and row["error"] is None
