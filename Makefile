@@ -19,6 +19,7 @@ up: $(STAMP)
 
 test: $(STAMP)
 	bash .ci/ensure-postgres
+	bash .ci/ensure-node
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

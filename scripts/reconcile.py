@@ -24,6 +24,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -38,7 +39,7 @@ from prefect.states import Cancelled, Crashed
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import is_critical
-from deployments.syncjob import SyncJobRepository, flow_run_of, syncjob_repository, utcnow
+from deployments.syncjob import SyncJobRepository, flow_run_of, is_transient, syncjob_repository, utcnow
 from flows.alerts import AlertSender, alert_failure, start_spool_sender
 from flows.liveness import dead_runs, live_run, runs_dir
 from flows.process_tree import kill_run_leftovers, signal_process
@@ -216,10 +217,17 @@ class Reconciler:
             started = time.monotonic()
             try:
                 self.run_once()
-            except Exception:  # Prefect or the database may be away: next pass
-                log.exception("reconcile pass failed")
+            except Exception as exc:  # Prefect or the database may be away: next pass
+                if is_transient(exc) or isinstance(exc, httpx.TransportError):
+                    log.warning("reconcile pass failed, %s away: %s", _what(exc), str(exc).splitlines()[0])
+                else:
+                    log.exception("reconcile pass failed")
             elapsed = time.monotonic() - started
             self._stop.wait(max(0.0, self.settings.reconcile_interval_seconds - elapsed))
+
+
+def _what(exc: Exception) -> str:
+    return "the database" if is_transient(exc) else "the Prefect server"
 
 
 def main() -> None:

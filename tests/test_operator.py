@@ -16,14 +16,12 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import Crashed, Scheduled
 
-from deployments.catalog import get_catalog
 from deployments.settings import reload_settings
-from deployments.specs import deployment_specs
 from deployments.syncjob import CANCEL_MESSAGE, job_id_for_flow_run
 from scripts.reconcile import Reconciler
 from support.paths import STATE, STUB_ROOT
 from support.polling import run_async, wait_for
-from support.prefect_server import create_run, deployment_ready, start_serve, wait_final
+from support.prefect_server import create_run, start_serve_ready, wait_final
 from support.processes import process_alive, stop_process_group
 from support.syncjob import insert_pending
 from support.webhook import Webhook
@@ -36,9 +34,7 @@ class Serving:
         self.proc = None
 
     def start(self) -> None:
-        self.proc = start_serve({}, "serve-operator.log")
-        for spec in deployment_specs(get_catalog()):
-            wait_for(deployment_ready(spec.full_name), timeout=60, what=spec.full_name)
+        self.proc = start_serve_ready({}, "serve-operator.log")
 
     def stop(self) -> None:
         if self.proc is not None:

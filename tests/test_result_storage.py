@@ -47,3 +47,27 @@ def test_setup_refuses_a_bad_value_before_touching_prefect(monkeypatch, capsys):
         reload_settings()
     assert exit_info.value.code == 2
     assert "POLIGRAPH_RESULT_STORAGE: 'relative/dir'" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_an_existing_block_becomes_the_servers_default(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.filesystems import LocalFileSystem
+
+    from scripts.result_storage import configure
+    from support.polling import run_async
+
+    async def scenario():
+        async with get_client() as client:
+            block_id = await LocalFileSystem(basepath=str(tmp_path)).asave(
+                "made-by-ops", overwrite=True, client=client
+            )
+            try:
+                said = await configure(client, "block:local-file-system/made-by-ops")
+                default = (await client.read_server_default_result_storage()).default_result_storage_block_id
+            finally:
+                await client.clear_server_default_result_storage()  # other tests keep local results
+            return block_id, said, default
+
+    block_id, said, default = run_async(scenario())
+    assert default == block_id and said == "block local-file-system/made-by-ops"

@@ -18,8 +18,7 @@ import sqlalchemy as sa
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.catalog import get_catalog
-from deployments.specs import deployment_specs, script_limit_name
+from deployments.specs import script_limit_name
 from deployments.syncjob import CANCEL_MESSAGE, SyncJobRepository
 from support.paths import STATE, TESTS
 from support.pg_cluster import PostgresCluster, apply_sql
@@ -27,9 +26,8 @@ from support.polling import wait_for
 from support.prefect_server import (
     PrefectServer,
     create_run,
-    deployment_ready,
     flow_run_state,
-    start_serve,
+    start_serve_ready,
     wait_final,
 )
 from support.processes import process_alive, stop_process_group
@@ -78,7 +76,7 @@ def webhook():
 
 @pytest.fixture(scope="module")
 def served(app_db, prefect_server, webhook):
-    proc = start_serve(
+    proc = start_serve_ready(
         {
             "DATABASE_URL": app_db.url,
             "PREFECT_API_URL": prefect_server.api_url,
@@ -87,10 +85,9 @@ def served(app_db, prefect_server, webhook):
             "POLIGRAPH_ALERT_RETRY_DELAYS": "1,1,1",
         },
         "serve-survive.log",
+        timeout=90,
     )
     try:
-        for spec in deployment_specs(get_catalog()):
-            wait_for(deployment_ready(spec.full_name), timeout=90, what=spec.full_name)
         yield proc
     finally:
         stop_process_group(proc)

@@ -95,6 +95,23 @@ def start_serve(extra_env: dict[str, str], log_name: str) -> subprocess.Popen[by
     )
 
 
+def start_serve_ready(
+    extra_env: dict[str, str], log_name: str, timeout: float = 60
+) -> subprocess.Popen[bytes]:
+    """`start_serve`, returning once every deployment of the catalog it serves exists."""
+    from deployments.catalog import get_catalog
+    from deployments.specs import deployment_specs
+
+    proc = start_serve(extra_env, log_name)
+    try:
+        for spec in deployment_specs(get_catalog()):
+            wait_for(deployment_ready(spec.full_name), timeout=timeout, what=spec.full_name)
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    return proc
+
+
 def deployment_ready(full_name: str) -> Callable[[], bool]:
     from prefect.client.orchestration import get_client
 
