@@ -12,7 +12,7 @@ from uuid import UUID
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import State, StateType
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 
 from deployments.syncjob import SyncJobRepository, flow_run_of
 
@@ -33,6 +33,11 @@ def cancel_flow_run(client: SyncPrefectClient, run_id: str, message: str) -> boo
     state = state_of(client, run_id)
     if state is None or state.type in FINAL or state.name == "Cancelling":
         return False
+    if state.type == StateType.SCHEDULED and state.name != "AwaitingRetry":
+        # not started (waiting for its time or a slot): no process to stop, so no runner would
+        # ever move a forced Cancelling on; an AwaitingRetry run may still have its process
+        client.set_flow_run_state(UUID(run_id), Cancelled(message=message), force=True)
+        return True
     client.set_flow_run_state(UUID(run_id), Cancelling(message=message), force=True)
     return True
 

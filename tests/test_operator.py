@@ -225,3 +225,16 @@ def test_runs_kept_waiting_for_a_slot_are_reported(prefect_api, syncjobs, caplog
             client.set_flow_run_state(run.id, Cancelled(), force=True)
     assert str(run.id) in waiting
     assert f"flow run {run.id}" in caplog.text and "waits for a concurrency slot" in caplog.text
+
+
+def test_cancelling_a_run_that_has_not_started_ends_it_at_once(prefect_api):
+    from prefect.client.orchestration import get_client as get_sync_client
+
+    from flows.sync_script import sync_script
+    from scripts.cancel import cancel_flow_run
+
+    later = Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=1))
+    with get_sync_client(sync_client=True) as client:
+        run = client.create_flow_run(sync_script, parameters={"script": "gamma"}, state=later)
+        assert cancel_flow_run(client, str(run.id), "cancelled from the admin")
+        assert client.read_flow_run(run.id).state.is_cancelled()  # not left Cancelling for ever
