@@ -119,14 +119,22 @@ def group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
-def adopted_orphans(since: float, step_tag: str) -> list[psutil.Process]:
+def children_pids() -> set[int]:
+    try:
+        return {child.pid for child in psutil.Process().children()}
+    except psutil.Error:
+        return set()
+
+
+def adopted_orphans(since: float, step_tag: str, earlier: set[int]) -> list[psutil.Process]:
     """Children of this process started at or after `since` that belong to no other step, and
     their descendants: with the subreaper flag, the orphans of a script and what they started,
     even one that cleared its environment.
 
     Only direct children are candidates: an orphan is re-parented to this process itself, while
     the descendants of its other children (a database server's connection processes, in a test)
-    are none of a script's business.
+    are none of a script's business. `earlier`: the children this process had before the step
+    began (start times only have clock-tick resolution, so they alone cannot tell).
     """
     found: dict[int, psutil.Process] = {}
     try:
@@ -134,6 +142,8 @@ def adopted_orphans(since: float, step_tag: str) -> list[psutil.Process]:
     except psutil.Error:
         return []
     for child in _live(children):
+        if child.pid in earlier:
+            continue
         try:
             if child.create_time() < since or tag_of(child, STEP_TAG) not in (None, step_tag):
                 continue

@@ -31,6 +31,7 @@ from flows.process_tree import (
     STEP_TAG,
     adopted_orphans,
     become_subreaper,
+    children_pids,
     group_members,
     reap,
     tagged,
@@ -86,6 +87,7 @@ class ScriptProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._started = 0.0
         self._born = 0.0  # the leader's start time, as psutil tells process start times
+        self._earlier: set[int] = set()
 
     @property
     def proc(self) -> subprocess.Popen[bytes]:
@@ -95,6 +97,7 @@ class ScriptProcess:
     def start(self) -> int:
         """Start the command (no shell); return its pid, which is also its process group id."""
         become_subreaper()  # orphans of the script re-parent here: found, killed and reaped
+        self._earlier = children_pids()  # not the step's, whatever their start time
         self._started = time.monotonic()
         self._born = time.time()
         self._proc = subprocess.Popen(
@@ -168,7 +171,10 @@ class ScriptProcess:
         """Every live process of this command: its group, its tagged descendants wherever they
         went, and orphans re-parented here (with what they started) since it started."""
         found = {p.pid: p for p in group_members(self.proc.pid)}
-        for process in [*tagged(STEP_TAG, self.step_id), *adopted_orphans(self._born, self.step_id)]:
+        for process in [
+            *tagged(STEP_TAG, self.step_id),
+            *adopted_orphans(self._born, self.step_id, self._earlier),
+        ]:
             found.setdefault(process.pid, process)
         return list(found.values())
 

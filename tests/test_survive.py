@@ -163,7 +163,7 @@ def test_a_database_outage_fails_no_run(served, app_db, rows, stubs):
 def test_a_prefect_server_restart_mid_step_keeps_the_run_and_frees_the_slot(
     served, prefect_server, rows, stubs
 ):
-    stubs.configure("shared", sleep=20)
+    stubs.configure("shared", sleep=15)
     insert_pending(rows, "crestart00000000000000001", "shared")
     holder = create_run("sync-script/shared", job_id="crestart00000000000000001")
     wait_for(lambda: stubs.starts("shared"), timeout=60, what="the step to hold its slot")
