@@ -161,17 +161,27 @@ def test_a_database_outage_fails_no_run(served, app_db, rows, stubs):
 
 
 def test_a_prefect_server_restart_mid_step_keeps_the_run_and_frees_the_slot(
-    served, prefect_server, rows, stubs
+    served, prefect_server, rows, stubs, tmp_path
 ):
-    stubs.configure("shared", sleep=15)
+    # `shared` holds its slot across the restart and ends after it; `alpha` ends while the
+    # server is down, so its slot cannot be released then
+    stubs.configure("shared", until=str(tmp_path / "shared-may-end"))
+    stubs.configure("alpha", until=str(tmp_path / "alpha-may-end"))
     insert_pending(rows, "crestart00000000000000001", "shared")
     holder = create_run("sync-script/shared", job_id="crestart00000000000000001")
-    wait_for(lambda: stubs.starts("shared"), timeout=60, what="the step to hold its slot")
+    during = create_run("sync-script/alpha")
+    wait_for(lambda: stubs.starts("shared") and stubs.starts("alpha"), timeout=60, what="both to hold slots")
 
-    prefect_server.restart()  # same port, same database, same lease directory
-    follower = create_run("sync-group/with-shared")  # needs the same script's slot
+    prefect_server.stop()
+    (tmp_path / "alpha-may-end").touch()
+    wait_for(lambda: stubs.events("alpha", "end"), timeout=30, what="alpha to end while Prefect is down")
+    prefect_server.start()  # same port, same database, same lease directory
+    follower = create_run("sync-group/with-shared")  # needs the holder's slot
+    (tmp_path / "shared-may-end").touch()
     assert wait_final(holder, timeout=120).is_completed()
     assert wait_final(follower, timeout=120).is_completed()
+    assert wait_final(during, timeout=120).is_completed(), "a slot release that failed failed the step"
+    assert stubs.starts("alpha") == 1
 
     (first, second) = stubs.intervals("shared")
     assert second[0] >= first[1], "the script ran twice at once"
@@ -190,6 +200,8 @@ def test_a_prefect_server_restart_mid_step_keeps_the_run_and_frees_the_slot(
     wait_for(lambda: flow_run_state(cancelled).is_cancelled(), timeout=90, what="the run to be Cancelled")
     wait_for(lambda: not [p for p in pids if process_alive(p)], timeout=30, what="the script to die")
     assert rows.get("crestartcancel00000000001")["error"] == CANCEL_MESSAGE
+    # alpha's unreleased slot frees itself when its lease expires (then Prefect's repossessor)
+    wait_for(lambda: slot_in_use(script_limit_name("alpha")) == 0, timeout=120, what="alpha's slot to free")
 
 
 def slot_in_use(name: str) -> int:

@@ -5,10 +5,12 @@
 Reads its behaviour from $STUB_DIR/<script-id>.json (all keys optional):
     {"sleep": 0.2, "fail_times": 0, "exit_code": 1, "progress": [[1, 4], [4, 4]],
      "grandchild": false, "ignore_term": false, "stderr": "boom",
-     "detached": false, "daemon": false, "exec": ["npx", "tsx", "x.ts"], "cwd": "/dir"}
+     "detached": false, "daemon": false, "exec": ["npx", "tsx", "x.ts"], "cwd": "/dir",
+     "until": "/path/of/a/gate"}
 grandchild: a child in its group; detached: a child in its own session (setsid, as Node's
 `detached: true`); daemon: a double-forked daemon (re-parented, own session); exec: after the
-start line (and the children), the stub becomes that command, run in `cwd`.
+start line (and the children), the stub becomes that command, run in `cwd`; until: after its
+sleep, wait (at most 5 min) for that file to exist, so a test decides when it ends.
 and appends one JSON line per invocation to $STUB_DIR/calls.jsonl:
     {"script", "flags", "pid", "start", "end", "exit"}  (an "end" line is written on exit;
      a run killed on timeout has only its start line).
@@ -113,6 +115,10 @@ def main() -> int:
         time.sleep(float(spec.get("sleep", 0.1)) / steps)
         if item:
             print(f"PROGRESS {item[0]}/{item[1]}", flush=True)
+    if gate := spec.get("until"):
+        deadline = time.monotonic() + 300
+        while not Path(gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     failing = attempt <= int(spec.get("fail_times", 0))
     code = int(spec.get("exit_code", 1)) if failing else 0
     if failing:
