@@ -94,6 +94,8 @@ def prefect_on_postgres(pg_url):
     stop_process_group(server)
 
 
+# its own waits allow 400 s for the jobs alone; on a busy 2-core machine the whole takes ~5 min
+@pytest.mark.timeout(600)
 def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_url, syncjobs, stubs):
     api = prefect_on_postgres
     schema = f"shim_{uuid.uuid4().hex[:8]}"
