@@ -120,3 +120,13 @@ def tsx_project() -> Path:
         return install()
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         pytest.fail(f"cannot set up the Node fixture: {exc}", pytrace=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test has exactly one of the markers, so `-m unit` never starts a server."""
+    for item in items:
+        kinds = {m.name for m in item.iter_markers()} & {"unit", "integration", "slow"}
+        if len(kinds) != 1:
+            raise pytest.UsageError(
+                f"{item.nodeid}: mark it with one of unit / integration / slow, not {kinds}"
+            )

@@ -9,9 +9,8 @@ import pytest
 
 from scripts.result_storage import BadResultStorage, parse
 
-pytestmark = pytest.mark.unit
 
-
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
@@ -24,6 +23,7 @@ def test_directories_and_blocks_are_accepted(value, expected):
     assert parse(value) == expected
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "value", ["results", "./results", "file://results", "block:s3-bucket", "block:/results", ""]
 )
@@ -32,6 +32,7 @@ def test_anything_else_is_refused(value):
         parse(value)
 
 
+@pytest.mark.unit
 def test_setup_refuses_a_bad_value_before_touching_prefect(monkeypatch, capsys):
     from deployments.settings import reload_settings
     from scripts import setup
