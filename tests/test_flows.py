@@ -33,9 +33,11 @@ def test_script_run_streams_output_and_completes_the_admin_row(syncjobs, stubs):
     assert row["startedAt"] <= row["completedAt"]
     # Logs reach the server in batches: wait for the last line, then check the order.
     logs = wait_for(
-        lambda: (lines := [m for m in run_logs(flow_run_id) if m.startswith("alpha ")])
-        and "alpha done" in lines
-        and lines,
+        lambda: (
+            (lines := [m for m in run_logs(flow_run_id) if m.startswith("alpha ")])
+            and "alpha done" in lines
+            and lines
+        ),
         what="script logs",
     )
     assert logs[0] == "alpha starting with no flags"
