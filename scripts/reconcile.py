@@ -17,11 +17,13 @@ Passes, run by a thread of the serving process (`scripts.serve`) or alone, next 
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import UUID
 
 import httpx
@@ -42,7 +44,7 @@ from deployments.specs import is_critical
 from deployments.syncjob import SyncJobRepository, flow_run_of, is_transient, syncjob_repository, utcnow
 from flows.alerts import AlertSender, alert_failure, start_spool_sender
 from flows.liveness import dead_runs, live_run, runs_dir
-from flows.process_tree import kill_run_leftovers, signal_process
+from flows.process_tree import kill_run_leftovers, signal_process, start_time
 from scripts.cancel import FINAL, cancel_flow_run, state_of
 
 log = logging.getLogger("poligraph.reconcile")
@@ -88,21 +90,27 @@ class Reconciler:
         """Stop a Cancelling run that its runner left running, if its process is on this machine.
 
         A marker file next to the run file remembers, across reconciler restarts, that the stop
-        is ours: SIGTERM once, SIGKILL after the grace, and once the process is gone the run is
-        set Cancelled (a run left Cancelling would hold its deployment's slot for ever).
+        is ours and which process it is: SIGTERM once, SIGKILL after the grace, and once that
+        process is gone the run is set Cancelled (a run left Cancelling would hold its
+        deployment's slot for ever). The process, not its run file, decides: the run file goes
+        before the dying engine reports Crashed, and a Cancelled set in between would be
+        overwritten.
         """
         marker = runs_dir() / f"{run_id}.stopping"
-        run = live_run(run_id)
-        if run is None:
-            self._finish_stop(client, run_id)
-            return
-        if not marker.exists():
-            marker.write_text(str(time.time()))
+        stop = _read_marker(marker)
+        if stop is None:
+            run = live_run(run_id)
+            if run is None:
+                return  # not on this machine, or gone already: the states pass sees the end
+            marker.write_text(json.dumps({"at": time.time(), "pid": run.pid, "started": run.started}))
             log.warning("flow run %s still Cancelling: stopping its process %d here", run_id, run.pid)
             signal_process(run.pid, run.started, signal.SIGTERM)
-        elif time.time() - float(marker.read_text() or 0) > self.settings.kill_grace_seconds + 10:
-            signal_process(run.pid, run.started, signal.SIGKILL)
-            kill_run_leftovers(run_id, run.script_groups)
+            return
+        at, pid, started = stop
+        if started is None or start_time(pid) != started:
+            self._finish_stop(client, run_id)
+        elif time.time() - at > self.settings.kill_grace_seconds + 10:
+            signal_process(pid, started, signal.SIGKILL)
 
     def _finish_stop(self, client: SyncPrefectClient, run_id: str) -> None:
         """A run this reconciler stopped is gone: kill what it left, and call it Cancelled (a
@@ -237,3 +245,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _read_marker(marker: Path) -> tuple[float, int, float | None] | None:
+    """(when, pid, start time) of a stop this reconciler began, None when there is none."""
+    try:
+        data = json.loads(marker.read_text())
+        return float(data["at"]), int(data["pid"]), data.get("started")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return (0.0, 0, None)  # unreadable: treat the process as gone and finish the stop
