@@ -1,6 +1,9 @@
 # The two commands of a fresh machine:  make up  (run everything)  /  make test  (run the tests)
 PYTHON ?= python3
 VENV := .venv
+# Test files run on this many processes (each with its own PostgreSQL and Prefect server):
+# the tests mostly wait on servers and scripts, so two share even a 2-core machine well.
+TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -20,7 +23,7 @@ up: $(STAMP)
 test: $(STAMP)
 	bash .ci/ensure-postgres
 	bash .ci/ensure-node
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m unit -q

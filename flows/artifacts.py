@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -103,7 +104,8 @@ class ArtifactWriter:
         self._busy = False
         self._closing = False
         self._failures = 0
-        threading.Thread(target=self._run, name="run-artifacts", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="run-artifacts", daemon=True)
+        self._thread.start()
 
     def progress(self, key: str, percent: float, description: str) -> None:
         with self._cond:
@@ -116,11 +118,16 @@ class ArtifactWriter:
             self._cond.notify_all()
 
     def close(self, timeout: float = FLUSH_SECONDS) -> bool:
-        """Let what is queued be written, for at most `timeout` s; True when everything was."""
+        """Let what is queued be written and the sink closed, for at most `timeout` s; True when
+        all of it was."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            return self._cond.wait_for(self._idle, timeout)
+            if not self._cond.wait_for(self._idle, timeout):
+                return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
 
     def _idle(self) -> bool:
         return not self._busy and self._progress is None and not self._created
