@@ -94,6 +94,10 @@ def prefect_on_postgres(pg_url):
     stop_process_group(server)
 
 
+# Three rounds of five events: each of sync-press's six runs waits for the one before (slot 1).
+ROUNDS = 3
+
+
 # its own waits allow 400 s for the jobs alone; on a busy 2-core machine the whole takes ~5 min
 @pytest.mark.timeout(600)
 def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_url, syncjobs, stubs):
@@ -120,7 +124,7 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
     try:
         shims += [start_shim_process(base, port, f"shim-{port}.log") for port in shim_ports]
         events = []
-        for _ in range(5):
+        for _ in range(ROUNDS):
             for script in SCRIPTS:
                 events.append(("sync/" + script, f"c{uuid.uuid4().hex[:24]}", script))
             events.append(("sync/press", f"c{uuid.uuid4().hex[:24]}", "press"))
@@ -144,8 +148,13 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
         for proc in workers + shims:
             stop_process_group(proc, timeout=40)
 
-    # exactly once: 5 runs per script alone, plus 5 press groups running sync-press + analysis
-    expected = {"sync-assemblee": 5, "sync-senat": 5, "sync-press": 10, "sync-press-analysis": 10}
+    # exactly once: a run per script alone and per round, plus a press group running sync-press + analysis
+    expected = {
+        "sync-assemblee": ROUNDS,
+        "sync-senat": ROUNDS,
+        "sync-press": 2 * ROUNDS,
+        "sync-press-analysis": 2 * ROUNDS,
+    }
     assert {s: stubs.starts(s) for s in SCRIPTS} == expected
     flow_runs = {flow_run_of(syncjobs.get(job_id)) for _, job_id, _ in events}
     assert len(flow_runs) == len(events)
