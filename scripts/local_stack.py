@@ -1,27 +1,59 @@
-"""Start everything on one machine: a Prefect server (SQLite, UI), every deployment served, and
-the Inngest-compatible Event API (shim) on :8288.
+"""Run everything on one machine, supervised: a Prefect server (SQLite, UI), every deployment
+served (`python -m scripts.serve`), and the Inngest-compatible Event API (`python -m shim`).
 
     python -m scripts.local_stack          (what `make up` runs)
 
-Ctrl-C stops both. Local state lives in POLIGRAPH_HOME (default ~/.poligraph-jobs): the Prefect
-database under prefect/ unless PREFECT_HOME is set, and the SQLite SyncJob table unless
-DATABASE_URL is set.
+Each child is restarted when it dies (exponential backoff) and its output is shown prefixed
+with its name. The shim starts at once and stores events while Prefect is away; the serving
+process starts once the Prefect server answers. The line `stack   | ready: …` is printed once
+everything answers (scripts/readiness.py), and again after each recovery. Ctrl-C or SIGTERM
+stops everything (exit 0); a second Ctrl-C kills at once.
+
+Local state lives in POLIGRAPH_HOME (default ~/.poligraph-jobs): the Prefect database under
+prefect/ unless PREFECT_HOME is set, and the SQLite SyncJob table unless DATABASE_URL is set.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
+import threading
 import time
+from datetime import UTC, datetime
+from types import FrameType
 
-import httpx
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deployments.catalog import get_catalog
 from deployments.settings import get_settings
+from deployments.specs import deployment_specs
+from scripts.readiness import Readiness, StackProbe
+from scripts.supervisor import Backoff, ChildSpec, Supervisor
+from shim.settings import ShimSettings
 
 HOST = "127.0.0.1"
-STARTUP_TIMEOUT = 90.0
+TICK_SECONDS = 0.2
+
+
+class StackSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POLIGRAPH_", env_file=".env", extra="ignore")
+
+    prefect_port: int = Field(default=4200, description="Port of the local Prefect server.")
+    ready_warning_seconds: float = Field(
+        default=90, gt=0, description="Say what is missing when not ready after this long (and again)."
+    )
+    restart_max_seconds: float = Field(
+        default=30, gt=0, description="Longest wait before restarting a child that keeps dying."
+    )
+    stop_grace_seconds: float = Field(default=10, ge=0, description="SIGTERM → SIGKILL grace per child.")
+    serve_stall_seconds: float = Field(
+        default=120,
+        gt=0,
+        description="Restart the serving process when it has not polled for its runs this long "
+        "while the Prefect server answers.",
+    )
 
 
 def stack_environment(port: int) -> dict[str, str]:
@@ -35,74 +67,185 @@ def stack_environment(port: int) -> dict[str, str]:
     env.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
     # A queued run of a busy deployment re-checks its slot every 5 s, not 30 s.
     env.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "5")
+    env["PYTHONUNBUFFERED"] = "1"  # children's lines reach the terminal as they are written
     return env
 
 
-def wait_healthy(api_url: str, server: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"prefect server exited with code {server.returncode}")
+def children(env: dict[str, str], port: int, probe: StackProbe) -> list[ChildSpec]:
+    """In start order; they are stopped in reverse (shim, serve, then the server)."""
+    python = sys.executable
+    server = [python, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
+    return [
+        ChildSpec("prefect", server, env),
+        ChildSpec(
+            "serve",
+            [python, "-m", "scripts.serve"],
+            env,
+            ready_to_start=probe.prefect_healthy,
+            waiting_for="the Prefect server to answer",
+        ),
+        ChildSpec("shim", [python, "-m", "shim"], env),  # independent of Prefect: it has an outbox
+    ]
+
+
+class ReadinessMonitor(threading.Thread):
+    """Checks readiness in the background (a check may wait on a slow server) and keeps the
+    latest result with the monotonic time its check started."""
+
+    def __init__(self, probe: StackProbe, supervisor: Supervisor) -> None:
+        super().__init__(name="readiness", daemon=True)
+        self._probe = probe
+        self._supervisor = supervisor
+        self._lock = threading.Lock()
+        self._latest: tuple[Readiness, float] | None = None
+        self._done = threading.Event()
+        self.quick = threading.Event()  # check again now (something changed)
+
+    def latest(self) -> tuple[Readiness, float] | None:
+        with self._lock:
+            return self._latest
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            started = time.monotonic()
+            serving = self._supervisor.started_wall("serve") if self._supervisor.running("serve") else None
+            result = self._probe.check(datetime.fromtimestamp(serving, UTC) if serving is not None else None)
+            with self._lock:
+                self._latest = (result, started)
+            # Every second until ready; then a lighter pace, or at once when told.
+            self.quick.wait(timeout=1.0 if result.missing else 5.0)
+            self.quick.clear()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.quick.set()
+
+
+def prefect_answered(readiness: Readiness) -> bool:
+    return not any(item.startswith("the Prefect server") for item in readiness.missing)
+
+
+class ForcedStop(Exception):
+    """A second Ctrl-C while stopping."""
+
+
+class LocalStack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.env = stack_environment(settings.prefect_port)
+        self.api_url = self.env["PREFECT_API_URL"]
+        shim = ShimSettings()  # refuses a bad shim configuration here, not in a restart loop
+        shim_host = HOST if shim.host in ("0.0.0.0", "::") else shim.host
+        self.shim_url = f"http://{shim_host}:{shim.port}"
+        names = [spec.full_name for spec in deployment_specs(get_catalog())]
+        poll_every = float(self.env.get("PREFECT_RUNNER_POLL_FREQUENCY", "10"))
+        self.probe = StackProbe(
+            self.api_url, self.shim_url, names, poll_stale_seconds=max(30.0, 3 * poll_every)
+        )
+        self.supervisor = Supervisor(
+            children(self.env, settings.prefect_port, self.probe),
+            backoff=Backoff(max_seconds=settings.restart_max_seconds),
+            stop_grace_seconds=settings.stop_grace_seconds,
+        )
+        self.monitor = ReadinessMonitor(self.probe, self.supervisor)
+        self.stop_requested = False
+        self.announced_ready = False
+        self.not_ready_since = time.monotonic()
+        self.last_warning = time.monotonic()
+        self.invalidated_at = time.monotonic()  # readiness checks started before this are stale
+        self.serve_excused_at = time.monotonic()  # last time serve was polling, or could not
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop_requested:
+            raise ForcedStop
+        self.stop_requested = True
+
+    def run(self) -> int:
+        say = self.supervisor.say
+        say(
+            f"starting: Prefect server on http://{HOST}:{self.settings.prefect_port} "
+            f"(home {self.env['PREFECT_HOME']}), shim on {self.shim_url}; wait for the line 'ready'"
+        )
+        self.monitor.start()
         try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"prefect server not healthy after {timeout:.0f}s")
+            while not self.stop_requested:
+                self.step()
+                time.sleep(TICK_SECONDS)
+            say("stopping (Ctrl-C again to kill at once)")
+            self.monitor.stop()
+            self.supervisor.stop()
+        except ForcedStop:
+            say("killing every child now")
+            self.supervisor.kill()
+            return 130
+        say("stopped")
+        return 0
 
+    def step(self) -> None:
+        now = time.monotonic()
+        exits = self.supervisor.tick()
+        if exits:
+            self.invalidated_at = now
+            self.monitor.quick.set()
+            if self.announced_ready:
+                self.supervisor.say(f"not ready: {', '.join(e.name for e in exits)} exited")
+                self._not_ready(now)
+        latest = self.monitor.latest()
+        if latest is None:
+            return
+        readiness, checked_at = latest
+        recent = checked_at > self.invalidated_at  # started after the last child exit
+        if recent and self.supervisor.all_running():
+            if readiness.ready and not self.announced_ready:
+                self._say_ready()
+            elif not readiness.ready and self.announced_ready:
+                self.supervisor.say(f"not ready: missing {'; '.join(readiness.missing)}")
+                self._not_ready(now)
+        if recent and (readiness.serving_polls or not prefect_answered(readiness)):
+            self.serve_excused_at = now
+        if (
+            not self.announced_ready
+            and now - max(self.not_ready_since, self.last_warning) >= self.settings.ready_warning_seconds
+        ):
+            self.last_warning = now
+            waited = now - self.not_ready_since
+            self.supervisor.say(
+                f"still not ready after {waited:.0f} s; missing: {self._missing_now(readiness)}"
+            )
+        self._watch_serve(now)
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    def _watch_serve(self, now: float) -> None:
+        """A serving process that lost the server mid-registration can hang without exiting."""
+        stall = self.settings.serve_stall_seconds
+        if self.supervisor.uptime("serve") > stall and now - self.serve_excused_at > stall:
+            self.supervisor.restart(
+                "serve", f"has not polled for its runs for {stall:g} s while the Prefect server answers"
+            )
+            self.serve_excused_at = now
+
+    def _not_ready(self, now: float) -> None:
+        self.announced_ready = False
+        self.not_ready_since = self.last_warning = now
+
+    def _missing_now(self, readiness: Readiness) -> str:
+        down = [name for name in ("prefect", "serve", "shim") if not self.supervisor.running(name)]
+        parts = [f"{name} (not running)" for name in down] + readiness.missing
+        return "; ".join(parts) or "a fresh check"
+
+    def _say_ready(self) -> None:
+        self.announced_ready = True
+        port = self.settings.prefect_port
+        self.supervisor.say(
+            f"ready: UI http://{HOST}:{port}  Event API (shim) {self.shim_url}  "
+            f"{len(self.probe.deployment_names)} deployments served  —  export PREFECT_API_URL={self.api_url}"
+        )
 
 
 def main() -> int:
-    port = int(os.environ.get("POLIGRAPH_PREFECT_PORT", "4200"))
-    env = stack_environment(port)
-    api_url = env["PREFECT_API_URL"]
-    print(f"Prefect server on http://{HOST}:{port} (home {env['PREFECT_HOME']})", flush=True)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
-        env=env,
-    )
-    serve: subprocess.Popen[bytes] | None = None
-    shim: subprocess.Popen[bytes] | None = None
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        wait_healthy(api_url, server, STARTUP_TIMEOUT)
-        serve = subprocess.Popen([sys.executable, "-m", "scripts.serve"], env=env)
-        shim = subprocess.Popen([sys.executable, "-m", "shim"], env=env)
-        print(
-            f"\nUI: http://{HOST}:{port}   API: {api_url}\n"
-            f"Inngest Event API (shim): http://127.0.0.1:{env.get('POLIGRAPH_SHIM_PORT', '8288')}\n"
-            f"Operators: export PREFECT_API_URL={api_url}\n",
-            flush=True,
-        )
-        while not stopping and all(p.poll() is None for p in (server, serve, shim)):
-            time.sleep(0.5)
-    finally:
-        for proc in (shim, serve):
-            if proc is not None:
-                stop(proc)
-        stop(server)
-    if stopping:
-        return 0
-    print("a stack process exited unexpectedly", file=sys.stderr)
-    return 1
+    stack = LocalStack(StackSettings())
+    signal.signal(signal.SIGINT, stack.on_signal)
+    signal.signal(signal.SIGTERM, stack.on_signal)
+    return stack.run()
 
 
 if __name__ == "__main__":
