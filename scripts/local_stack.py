@@ -47,7 +47,9 @@ class StackSettings(BaseSettings):
     restart_max_seconds: float = Field(
         default=30, gt=0, description="Longest wait before restarting a child that keeps dying."
     )
-    stop_grace_seconds: float = Field(default=10, ge=0, description="SIGTERM → SIGKILL grace per child.")
+    stop_grace_seconds: float = Field(
+        default=20, ge=0, description="SIGTERM → SIGKILL grace per child (serve ends its runs in it)."
+    )
     serve_stall_seconds: float = Field(
         default=120,
         gt=0,
