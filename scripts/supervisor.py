@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -65,6 +66,7 @@ class ChildSpec:
     name: str
     argv: list[str]
     env: dict[str, str]
+    cwd: Path | None = None
     # A precondition checked before each start (the serving process needs the Prefect server).
     ready_to_start: Callable[[], bool] = lambda: True
     waiting_for: str = ""  # what ready_to_start waits for, said once while it is false
@@ -94,7 +96,9 @@ class _Child:
 class Supervisor:
     """Start the children, restart any that exits, stop them all on request.
 
-    Call `tick()` often (from one thread); it starts what is due and reaps what exited.
+    Call `tick()` often, always from one thread that lives as long as the children (a child
+    gets SIGTERM when the thread that started it ends); it starts what is due and reaps what
+    exited.
     """
 
     def __init__(
@@ -181,6 +185,7 @@ class Supervisor:
         child.proc = subprocess.Popen(
             child.spec.argv,
             env=child.spec.env,
+            cwd=child.spec.cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
