@@ -170,8 +170,11 @@ class ChaosStack:
 
     def act(self, kill: Kill) -> None:
         if kill.target == "app-db":
-            self.app_db.stop("immediate")
-            self.timeline.note(f"app PostgreSQL stopped (immediate) for {kill.down_for} s")
+            # fast: every client is cut off at once, and what was committed stays committed (the
+            # test cluster runs with synchronous_commit=off: an immediate stop would lose the
+            # last commits, which a production server does not)
+            self.app_db.stop("fast")
+            self.timeline.note(f"app PostgreSQL stopped for {kill.down_for} s")
             return
         pid = self.supervisor.pid(kill.target)
         if pid is None:
@@ -299,6 +302,11 @@ def problems(stack: ChaosStack, sent: list[Sent]) -> list[str]:
     outbox = {row["event_id"]: row for row in stack.outbox.events()}
     runs = all_flow_runs(stack.api)
     runs_by_job = Counter(run.parameters.get("job_id") for run in runs)
+    states_of_job: dict[str, list[str]] = {}
+    for run in runs:
+        states_of_job.setdefault(run.parameters.get("job_id"), []).append(
+            f"{run.id} {run.state.name if run.state else '?'}"
+        )
     run_by_id = {str(run.id): run for run in runs}
     acknowledged = [s for s in sent if s.acknowledged]
     for s in acknowledged:
@@ -327,7 +335,8 @@ def problems(stack: ChaosStack, sent: list[Sent]) -> list[str]:
         if status == "RUNNING" or (
             status == "PENDING" and (row["id"] not in unacknowledged or runs_by_job[row["id"]])
         ):
-            found.append(f"SyncJob {row['id']} ({row['script']}) still {status}")
+            runs_of_row = states_of_job.get(row["id"], [])
+            found.append(f"SyncJob {row['id']} ({row['script']}) still {status}; flow runs: {runs_of_row}")
         elif status == "FAILED" and not (row["error"] or "").strip():
             found.append(f"SyncJob {row['id']} ({row['script']}) FAILED without a reason")
     pids = {event["pid"] for event in stack.stubs.events(event="start")}
