@@ -350,6 +350,25 @@ def problems(stack: ChaosStack, sent: list[Sent]) -> list[str]:
     return found
 
 
+def dump_runs(stack: ChaosStack, path: Any) -> None:
+    """Every flow run with its deployment, job and state history, for a failure's post-mortem."""
+    lines = []
+    with prefect_client(stack.api) as client:
+        names = {d.id: d.name for d in client.read_deployments(limit=50)}
+        for run in sorted(
+            all_flow_runs(stack.api), key=lambda r: r.created or datetime.min.replace(tzinfo=UTC)
+        ):
+            history = ", ".join(
+                f"{s.timestamp:%H:%M:%S.%f}"[:-3] + f" {s.name}"
+                for s in sorted(client.read_flow_run_states(run.id), key=lambda s: s.timestamp)
+            )
+            lines.append(
+                f"{run.id} {names.get(run.deployment_id, '?')} job={run.parameters.get('job_id')} "
+                f"key={run.idempotency_key}: {history}"
+            )
+    path.write_text("\n".join(lines) + "\n")
+
+
 def summary(stack: ChaosStack, sent: list[Sent]) -> str:
     rows = Counter(row["status"] for row in stack.syncjobs.recent(1000))
     runs = Counter(run.state.type.value for run in all_flow_runs(stack.api) if run.state)
@@ -380,7 +399,12 @@ def test_nothing_is_lost_duplicated_left_running_or_stuck_under_chaos(chaos):
     except AssertionError:
         left = problems(chaos, sent)
         chaos.timeline.note(f"NOT settled after {SETTLE_SECONDS:g} s: {len(left)} problem(s)")
-        pytest.fail("after the quiet period:\n" + "\n".join(left[:40]), pytrace=False)
+        dump_runs(chaos, STATE / "chaos-runs.txt")
+        pytest.fail(
+            f"after the quiet period (runs: {STATE / 'chaos-runs.txt'}, processes: {STATE / 'chaos-stack.log'}):\n"
+            + "\n".join(left[:40]),
+            pytrace=False,
+        )
     chaos.timeline.note(f"settled {settled_at[0] - quiet_start:.0f} s after the streams ended")
     chaos.timeline.note(summary(chaos, sent))
     assert sum(s.acknowledged for s in sent) >= 10  # the stream was a stream
