@@ -5,7 +5,7 @@ comes back shortly after (the processes run under scripts/supervisor.py, as with
 Production's shape on one machine, small: a Prefect server on its own PostgreSQL (concurrency
 leases on disk, as production sets it), one serving process running the runs, two shims sharing
 one outbox in the app's PostgreSQL, which also holds SyncJob; stub scripts, one of which leaves a
-child behind; a group scheduled every 10 s. After a bounded quiet period: every acknowledged
+child behind; a group scheduled every 15 s. After a bounded quiet period: every acknowledged
 event has exactly one flow run, every SyncJob row ended (COMPLETED, or FAILED with a reason), no
 script process is alive, no concurrency slot is held. The timeline of what was killed when is
 printed (and kept in the test state directory).
@@ -51,7 +51,7 @@ TARGETS = ["shim-a", "serve", "prefect", "app-db"]
 STREAM_SECONDS = 45.0
 KILL_WINDOW = 32.0  # every kill within this many seconds of the stream's start
 DB_DOWN = (6.0, 12.0)  # seconds the app's database stays stopped
-EVENT_GAP = (2.0, 4.0)  # seconds between two sends of one stream
+EVENT_GAP = (3.0, 6.0)  # seconds between two sends of one stream
 SETTLE_SECONDS = 100.0  # bound on the quiet period (a killed holder's slot lease lasts 60 s)
 EVENTS = [
     ("sync/quick-a", "quick-a"),
