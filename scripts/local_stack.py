@@ -111,7 +111,10 @@ class ReadinessMonitor(threading.Thread):
         while not self._done.is_set():
             started = time.monotonic()
             serving = self._supervisor.started_wall("serve") if self._supervisor.running("serve") else None
-            result = self._probe.check(datetime.fromtimestamp(serving, UTC) if serving is not None else None)
+            try:
+                result = self._probe.check(datetime.fromtimestamp(serving, UTC) if serving else None)
+            except Exception as exc:  # an answer the probe did not expect: not ready, check again
+                result = Readiness([f"a readiness check ({type(exc).__name__}: {exc})"], serving_polls=False)
             with self._lock:
                 self._latest = (result, started)
             # Every second until ready; then a lighter pace, or at once when told.
