@@ -48,8 +48,8 @@ pytestmark = pytest.mark.slow
 SEED = 20261129
 CATALOG = TESTS / "chaos_catalog.yaml"
 TARGETS = ["shim-a", "serve", "prefect", "app-db"]
-STREAM_SECONDS = 45.0
-KILL_WINDOW = 32.0  # every kill within this many seconds of the stream's start
+STREAM_SECONDS = 38.0
+KILL_WINDOW = 26.0  # every kill within this many seconds of the stream's start
 DB_DOWN = (6.0, 12.0)  # seconds the app's database stays stopped
 EVENT_GAP = (3.0, 6.0)  # seconds between two sends of one stream
 SETTLE_SECONDS = 120.0  # bound on the quiet period (a killed holder's slot lease lasts 60 s)
@@ -370,7 +370,7 @@ def dump_runs(stack: ChaosStack, path: Any) -> None:
 
 
 def summary(stack: ChaosStack, sent: list[Sent]) -> str:
-    rows = Counter(row["status"] for row in stack.syncjobs.recent(1000))
+    rows = Counter(str(getattr(row["status"], "value", row["status"])) for row in stack.syncjobs.recent(1000))
     runs = Counter(run.state.type.value for run in all_flow_runs(stack.api) if run.state)
     unacknowledged_with_run = sum(
         1 for s in sent if not s.acknowledged and stack.syncjobs.get(s.job_id)["status"] != "PENDING"
