@@ -114,7 +114,7 @@ class ReadinessMonitor(threading.Thread):
             try:
                 result = self._probe.check(datetime.fromtimestamp(serving, UTC) if serving else None)
             except Exception as exc:  # an answer the probe did not expect: not ready, check again
-                result = Readiness([f"a readiness check ({type(exc).__name__}: {exc})"], serving_polls=False)
+                result = Readiness([f"a readiness check ({type(exc).__name__}: {exc})"], False, False)
             with self._lock:
                 self._latest = (result, started)
             # Every second until ready; then a lighter pace, or at once when told.
@@ -124,10 +124,6 @@ class ReadinessMonitor(threading.Thread):
     def stop(self) -> None:
         self._done.set()
         self.quick.set()
-
-
-def prefect_answered(readiness: Readiness) -> bool:
-    return not any(item.startswith("the Prefect server") for item in readiness.missing)
 
 
 class ForcedStop(Exception):
@@ -206,7 +202,7 @@ class LocalStack:
             elif not readiness.ready and self.announced_ready:
                 self.supervisor.say(f"not ready: missing {'; '.join(readiness.missing)}")
                 self._not_ready(now)
-        if recent and (readiness.serving_polls or not prefect_answered(readiness)):
+        if recent and (readiness.serving_polls or not readiness.prefect_up):
             self.serve_excused_at = now
         if (
             not self.announced_ready

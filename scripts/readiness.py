@@ -29,6 +29,7 @@ def answers(url: str) -> bool:
 @dataclass(frozen=True)
 class Readiness:
     missing: list[str]
+    prefect_up: bool  # the Prefect server answered /api/health
     serving_polls: bool  # the serving process polled for every deployment since it started
 
     @property
@@ -54,7 +55,8 @@ class StackProbe:
         when it is not running)."""
         missing: list[str] = []
         serving_polls = False
-        if not self.prefect_healthy():
+        prefect_up = self.prefect_healthy()
+        if not prefect_up:
             missing.append(f"the Prefect server ({self.api_url}/health)")
         else:
             unregistered, unpolled = self._deployments(serve_started)
@@ -69,7 +71,7 @@ class StackProbe:
             serving_polls = serve_started is not None and not unpolled and not unregistered
         if not answers(f"{self.shim_url}/health"):
             missing.append(f"the shim ({self.shim_url}/health)")
-        return Readiness(missing, serving_polls)
+        return Readiness(missing, prefect_up, serving_polls)
 
     def _deployments(self, serve_started: datetime | None) -> tuple[list[str], list[str]]:
         """(names not registered, names not polled since serve_started and recently)."""
