@@ -125,6 +125,8 @@ class ChaosStack:
             "PREFECT_HOME": str(self.home / "prefect"),
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_db,
             "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect.server.concurrency.lease_storage.filesystem",
+            # a run queued behind its deployment's one-at-a-time slot re-checks every 2 s
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2",
         }
         python = sys.executable
         server = [python, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]

@@ -100,8 +100,13 @@ class EventStream(threading.Thread):
 
     def run(self) -> None:
         deadline = time.monotonic() + self.seconds
+        order = list(self.events)
+        self.rng.shuffle(order)
+        count = 0
         while time.monotonic() < deadline:
-            event, script = self.rng.choice(self.events)
+            # round robin in a seeded order: runs of one deployment queue one behind the other
+            event, script = order[count % len(order)]
+            count += 1
             job_id = f"c{uuid.uuid4().hex[:24]}"
             try:
                 self.insert_pending(job_id, script)
