@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import deployment_specs
+from scripts.limits import DISK_LEASES
 from scripts.readiness import Readiness, StackProbe
 from scripts.supervisor import Backoff, ChildSpec, Supervisor
 from shim.settings import ShimSettings
@@ -69,6 +70,9 @@ def stack_environment(port: int) -> dict[str, str]:
     env.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
     # A queued run of a busy deployment re-checks its slot every 5 s, not 30 s.
     env.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "5")
+    # The supervisor restarts a dead server: slot leases on disk survive that (in memory, a step
+    # holding its script's slot across the restart would leave the slot taken for good).
+    env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", DISK_LEASES)
     env["PYTHONUNBUFFERED"] = "1"  # children's lines reach the terminal as they are written
     return env
 
