@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(
         default=2.0, gt=0, description="Reconciler period: cancels, dead runs, ended runs."
     )
+    stuck_run_seconds: float = Field(
+        default=60,
+        ge=30,
+        le=240,  # below Prefect's 300 s lease on a Pending run's slot: ended while the lease holds
+        description=(
+            "A run left Pending or Cancelling this long with no process on this machine is ended "
+            "by the reconciler (Crashed or Cancelled)."
+        ),
+    )
     slot_wait_warning_seconds: float = Field(
         default=3600, gt=0, description="Log runs waiting longer than this for a concurrency slot."
     )

@@ -40,14 +40,17 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
     repository = run_repository()  # states retried through DB blips, progress in the background
     job = row_id(job_id)
     run_id = str(flow_run.id)
-    if not repository.mark_running(job, plan.job_script, run_id):
-        logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
-        return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
-    logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
-    # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
-    with registered(run_id, job), artifacts.run_artifacts(plan, job, run_id) as results:
-        run_steps(plan, job, repository, logger, results)
-        return finish(plan, job, results, repository)
+    # The run file first: should this process die while RUNNING is retried through a database
+    # outage, the reconciler still sees a dead run (a Running run without one would stay so).
+    with registered(run_id, job):
+        if not repository.mark_running(job, plan.job_script, run_id):
+            logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
+            return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
+        logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
+        # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
+        with artifacts.run_artifacts(plan, job, run_id) as results:
+            run_steps(plan, job, repository, logger, results)
+            return finish(plan, job, results, repository)
 
 
 def run_steps(

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deployments.settings import get_settings
-from flows.process_tree import start_time
+from flows.process_tree import RUN_TAG, start_time, tag_of, tagged
+
+# What Prefect's runner and process worker put in the environment of a flow run's process (its
+# scripts inherit it too, but they also carry RUN_TAG).
+PREFECT_RUN_ENV = "PREFECT__FLOW_RUN_ID"
 
 
 @dataclass(frozen=True)
@@ -91,3 +95,11 @@ def live_run(flow_run_id: str) -> RunFile | None:
     """The run file of `flow_run_id` when its process is alive on this machine."""
     run = _read(runs_dir() / f"{flow_run_id}.json")
     return run if run is not None and _alive(run) else None
+
+
+def flow_process_here(flow_run_id: str) -> bool:
+    """Whether the process of `flow_run_id` lives on this machine, from its start (before the flow
+    body writes its run file) to its end; a script it left behind does not count."""
+    if live_run(flow_run_id) is not None:
+        return True
+    return any(tag_of(p, RUN_TAG) is None for p in tagged(PREFECT_RUN_ENV, flow_run_id))

@@ -11,6 +11,12 @@ Passes, run by a thread of the serving process (`scripts.serve`) or alone, next 
 * dead local runs: a run whose process died on this machine (its run file stays behind) → the
   flow run is marked Crashed, its row FAILED, and every process it left (tagged with its flow-run
   id, detached or not) is killed;
+* stuck runs: a run left Pending (its process died before the flow began) or Cancelling (its
+  process was stopped but nobody could say so) for POLIGRAPH_STUCK_RUN_SECONDS, whose process is
+  not on this machine → Crashed (its row FAILED) or Cancelled. Both happen when the Prefect
+  server is away at that moment: the runner cannot report it and gives up. Left alone, such a run
+  keeps its deployment's slot until Prefect's lease on it lapses (5 min) and stays unfinished for
+  ever;
 * states: an active row whose flow run is Crashed, Cancelled, Failed or gone → FAILED with the
   reason. Runs waiting for a concurrency slot longer than a bound are logged.
 """
@@ -30,20 +36,23 @@ import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterDeploymentId,
     FlowRunFilterExpectedStartTime,
     FlowRunFilterState,
     FlowRunFilterStateName,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Crashed
 
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
-from deployments.specs import is_critical
+from deployments.specs import BASE_TAG, is_critical
 from deployments.syncjob import SyncJobRepository, flow_run_of, is_transient, syncjob_repository, utcnow
 from flows.alerts import AlertSender, alert_failure, start_spool_sender
-from flows.liveness import dead_runs, live_run, runs_dir
+from flows.liveness import dead_runs, flow_process_here, live_run, runs_dir
 from flows.process_tree import kill_run_leftovers, signal_process, start_time
 from scripts.cancel import FINAL, cancel_flow_run, state_of
 
@@ -147,6 +156,53 @@ class Reconciler:
             run.path.unlink(missing_ok=True)
         return failed
 
+    def stuck_runs_pass(self, client: SyncPrefectClient) -> list[str]:
+        """Runs left Pending or Cancelling with no process to move them on: Crashed (the row
+        FAILED) or Cancelled. Returns the flow run ids ended."""
+        bound = timedelta(seconds=self.settings.stuck_run_seconds)
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.CANCELLING])
+                ),
+                tags=FlowRunFilterTags(all_=[BASE_TAG]),
+                deployment_id=FlowRunFilterDeploymentId(is_null_=False),
+            ),
+            limit=200,
+        )
+        ended = []
+        for run in runs:
+            if run.state is None or datetime.now(UTC) - run.state.timestamp < bound:
+                continue
+            run_id = str(run.id)
+            if flow_process_here(run_id):
+                continue  # alive here: the cancel pass stops it if it must
+            # It may have reported and exited since it was read: act only on the state we judged.
+            state = state_of(client, run_id)
+            if state is None or state.id != run.state.id:
+                continue
+            kill_run_leftovers(run_id)
+            if state.type == StateType.CANCELLING:
+                message = "stopped: its process is gone (ended by the reconciler)"
+                client.set_flow_run_state(run.id, Cancelled(message=message), force=True)
+                log.warning("flow run %s still Cancelling, its process gone: Cancelled", run_id)
+            else:
+                self._crash_unstarted(client, run)
+            ended.append(run_id)
+        return ended
+
+    def _crash_unstarted(self, client: SyncPrefectClient, run: FlowRun) -> None:
+        reason = (
+            "Le run n'a jamais démarré : son processus est mort avant le début du flow (serveur "
+            "Prefect injoignable ou service arrêté à ce moment-là)."
+        )
+        client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
+        log.warning("flow run %s still %s, its process gone: Crashed", run.id, run.state_name)
+        job_id = run.parameters.get("job_id")
+        if job_id and self.repository.mark_failed(job_id, reason, only_if_active=True):
+            self._alert(job_id, str(run.id), reason)
+            log.info("SyncJob %s → FAILED: %s", job_id, reason)
+
     def states_pass(self, client: SyncPrefectClient) -> list[str]:
         """Active rows whose flow run ended badly or disappeared → FAILED with the reason."""
         failed = []
@@ -193,6 +249,7 @@ class Reconciler:
             return {
                 "cancelled": self.cancel_pass(client),
                 "dead": self.dead_local_runs_pass(client),
+                "stuck": self.stuck_runs_pass(client),
                 "failed": self.states_pass(client),
                 "waiting": self.slot_wait_pass(client),
             }

@@ -238,3 +238,74 @@ def test_cancelling_a_run_that_has_not_started_ends_it_at_once(prefect_api):
         run = client.create_flow_run(sync_script, parameters={"script": "gamma"}, state=later)
         assert cancel_flow_run(client, str(run.id), "cancelled from the admin")
         assert client.read_flow_run(run.id).state.is_cancelled()  # not left Cancelling for ever
+
+
+# --- runs left Pending or Cancelling by a process that died while the server was away ------------
+def test_runs_left_pending_or_cancelling_without_a_process_are_ended_and_free_their_slot(
+    prefect_api, syncjobs
+):
+    """What a runner leaves when the server is down at the wrong moment: a run whose process died
+    before its flow began stays Pending, one whose process it stopped stays Cancelling; each keeps
+    its deployment's one slot (a lease of 5 min) and would stay unfinished for ever."""
+    import subprocess
+
+    from prefect.client.orchestration import get_client as get_sync_client
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+    from prefect.states import Cancelled, Cancelling, Pending, Running
+
+    from deployments.specs import BASE_TAG
+    from flows.liveness import PREFECT_RUN_ENV
+    from flows.sync_script import sync_script
+
+    reconciler = Reconciler(syncjobs)
+    reconciler.settings = reconciler.settings.model_copy(update={"stuck_run_seconds": 0.0})
+    enqueue = ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    job_id = f"c{uuid.uuid4().hex[:24]}"
+    insert_pending(syncjobs, job_id, "gamma")
+    with get_sync_client(sync_client=True) as client:
+        flow_id = client.create_flow(sync_script)
+
+        def run_of_new_deployment(**parameters: str):
+            deployment = client.create_deployment(
+                flow_id,
+                f"stuck-{uuid.uuid4().hex[:8]}",
+                tags=[BASE_TAG],
+                concurrency_limit=1,
+                concurrency_options=enqueue,
+            )
+            make = lambda: client.create_flow_run_from_deployment(  # noqa: E731
+                deployment, parameters={"script": "gamma", **parameters}
+            )
+            return make(), make()
+
+        def propose_pending(run) -> str:
+            return client.set_flow_run_state(run.id, Pending()).state.name
+
+        unstarted, queued = run_of_new_deployment(job_id=job_id)
+        cancelling, queued_too = run_of_new_deployment()
+        alive, _ = run_of_new_deployment()
+        assert propose_pending(unstarted) == "Pending" and propose_pending(alive) == "Pending"
+        assert propose_pending(cancelling) == "Pending"
+        client.set_flow_run_state(cancelling.id, Running())
+        client.set_flow_run_state(cancelling.id, Cancelling())
+        assert propose_pending(queued) == propose_pending(queued_too) == "AwaitingConcurrencySlot"
+        # the process of `alive` still starts: found by the run id Prefect puts in its environment
+        starting = subprocess.Popen(["sleep", "60"], env={**os.environ, PREFECT_RUN_ENV: str(alive.id)})
+        try:
+            ended = reconciler.stuck_runs_pass(client)
+        finally:
+            starting.kill()
+            starting.wait()
+        try:
+            assert str(unstarted.id) in ended and str(cancelling.id) in ended
+            assert str(alive.id) not in ended
+            assert client.read_flow_run(unstarted.id).state.is_crashed()
+            assert client.read_flow_run(cancelling.id).state.is_cancelled()
+            assert client.read_flow_run(alive.id).state.is_pending()
+            row = syncjobs.get(job_id)
+            assert row["status"] == "FAILED" and "jamais démarré" in row["error"]
+            # their slots are free: the queued runs are let through
+            assert propose_pending(queued) == propose_pending(queued_too) == "Pending"
+        finally:
+            for run in (queued, queued_too, alive):
+                client.set_flow_run_state(run.id, Cancelled(), force=True)
