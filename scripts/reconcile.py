@@ -17,8 +17,9 @@ Passes, run by a thread of the serving process (`scripts.serve`) or alone, next 
   server is away at that moment: the runner cannot report it and gives up. Left alone, such a run
   keeps its deployment's slot until Prefect's lease on it lapses (5 min) and stays unfinished for
   ever;
-* states: an active row whose flow run is Crashed, Cancelled, Failed or gone → FAILED with the
-  reason. Runs waiting for a concurrency slot longer than a bound are logged.
+* states: an active row whose flow run is Crashed, Cancelled, Failed or gone (found by the run id
+  the flow wrote in it, or by the run's job_id when it ended before its flow began) → FAILED with
+  the reason. Runs waiting for a concurrency slot longer than a bound are logged.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import httpx
@@ -37,6 +39,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterDeploymentId,
+    FlowRunFilterEndTime,
     FlowRunFilterExpectedStartTime,
     FlowRunFilterState,
     FlowRunFilterStateName,
@@ -44,6 +47,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Crashed
 
@@ -150,9 +154,8 @@ class Reconciler:
             # detached: every process tagged with the run's id goes, with the recorded groups
             if killed := kill_run_leftovers(run.flow_run_id, run.script_groups):
                 log.info("flow run %s died: killed its leftover processes %s", run.flow_run_id, killed)
-            if self.repository.mark_failed(run.job_id, reason, only_if_active=True):
+            if self._fail_row(run.job_id, run.flow_run_id, reason):
                 failed.append(run.job_id)
-                self._alert(run.job_id, run.flow_run_id, reason)
             run.path.unlink(missing_ok=True)
         return failed
 
@@ -196,20 +199,20 @@ class Reconciler:
             "Le run n'a jamais démarré : son processus est mort avant le début du flow (serveur "
             "Prefect injoignable ou service arrêté à ce moment-là)."
         )
+        if job_id := run.parameters.get("job_id"):
+            self._fail_row(job_id, str(run.id), reason)  # first: a database away fails this pass
         client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
         log.warning("flow run %s still %s, its process gone: Crashed", run.id, run.state_name)
-        job_id = run.parameters.get("job_id")
-        if job_id and self.repository.mark_failed(job_id, reason, only_if_active=True):
-            self._alert(job_id, str(run.id), reason)
-            log.info("SyncJob %s → FAILED: %s", job_id, reason)
 
     def states_pass(self, client: SyncPrefectClient) -> list[str]:
         """Active rows whose flow run ended badly or disappeared → FAILED with the reason."""
         failed = []
+        unstarted: dict[str, dict[str, Any]] = {}
         for row in self.repository.active():
             run_id = flow_run_of(row)
             if not run_id:
-                continue  # not started yet: the admin's own sweep covers rows that never start
+                unstarted[row["id"]] = row  # its run has not begun its flow (or never will)
+                continue
             try:
                 run = client.read_flow_run(UUID(run_id))
             except ObjectNotFound:
@@ -219,11 +222,42 @@ class Reconciler:
                 if state is None or state.type not in ENDED_BADLY:
                     continue
                 reason = f"Le run Prefect {ENDED_BADLY[state.type]} : {state.message or state.name}"
-            if self.repository.mark_failed(row["id"], reason, only_if_active=True):
+            if self._fail_row(row["id"], run_id, reason, script=row["script"]):
                 failed.append(row["id"])
-                self._alert(row["id"], run_id, reason, script=row["script"])
-                log.info("SyncJob %s → FAILED: %s", row["id"], reason)
+        return failed + self._ended_before_starting(client, unstarted)
+
+    def _ended_before_starting(self, client: SyncPrefectClient, rows: dict[str, dict[str, Any]]) -> list[str]:
+        """Rows whose flow run ended badly before its flow began, so before it could write its id
+        in the row (its runner reported it Crashed: the process could not reach the server)."""
+        if not rows:
+            return []
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(ENDED_BADLY))),
+                end_time=FlowRunFilterEndTime(after_=datetime.now(UTC) - timedelta(hours=6)),
+                tags=FlowRunFilterTags(all_=[BASE_TAG]),
+            ),
+            sort=FlowRunSort.END_TIME_DESC,
+            limit=200,
+        )
+        failed = []
+        for run in runs:
+            row = rows.get(run.parameters.get("job_id") or "")
+            if row is None or run.state is None:
+                continue
+            what = ENDED_BADLY[run.state.type]
+            reason = f"Le run Prefect {what} avant de démarrer : {run.state.message or run.state.name}"
+            if self._fail_row(row["id"], str(run.id), reason, script=row["script"]):
+                failed.append(row["id"])
         return failed
+
+    def _fail_row(self, job_id: str, flow_run_id: str, reason: str, script: str | None = None) -> bool:
+        """FAILED with the reason (and the alert of a critical script) if still active."""
+        if not self.repository.mark_failed(job_id, reason, only_if_active=True):
+            return False
+        self._alert(job_id, flow_run_id, reason, script=script)
+        log.info("SyncJob %s → FAILED: %s", job_id, reason)
+        return True
 
     def slot_wait_pass(self, client: SyncPrefectClient) -> list[str]:
         """Log runs kept waiting for a deployment concurrency slot beyond the bound."""

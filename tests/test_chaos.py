@@ -52,7 +52,7 @@ STREAM_SECONDS = 38.0
 KILL_WINDOW = 26.0  # every kill within this many seconds of the stream's start
 DB_DOWN = (6.0, 12.0)  # seconds the app's database stays stopped
 EVENT_GAP = (3.0, 6.0)  # seconds between two sends of one stream
-SETTLE_SECONDS = 120.0  # bound on the quiet period (a killed holder's slot lease lasts 60 s)
+SETTLE_SECONDS = 120.0  # bound on the quiet period (a run left Pending is ended after 60 s)
 EVENTS = [
     ("sync/quick-a", "quick-a"),
     ("sync/quick-b", "quick-b"),

@@ -312,13 +312,25 @@ def processes_tagged(tag: str) -> list[psutil.Process]:
     return found
 
 
+def daily_runs(stack) -> list[str]:
+    """Each sync-daily flow run with its state, to say what a run waits behind."""
+    body = {"deployments": {"name": {"any_": ["sync-daily"]}}, "limit": 50}
+    runs = httpx.post(f"{stack['api']}/flow_runs/filter", json=body).json()
+    return [f"{r['id']} {r['state']['name']} since {r['state']['timestamp']}" for r in runs]
+
+
 def test_ctrl_c_stops_every_process_of_the_stack_even_with_a_run_going(stack):
-    """Last in this module: it stops the stack."""
+    """Last in this module: it stops the stack. Earlier tests leave daily runs that Prefect's death
+    caught mid-cancel (Cancelling, holding the deployment's slot); the reconciler ends them after
+    POLIGRAPH_STUCK_RUN_SECONDS (30 s on the local stack), so this run starts within about 40 s."""
     process = stack["process"]
     sent = cli(stack, "trigger", "sync:daily")
     assert sent.returncode == 0, sent.stderr
     job_id = sent.stdout.split("SyncJob", 1)[1].split()[0]
-    wait_for(lambda: next(r for r in rows(stack) if r["id"] == job_id)["status"] == "RUNNING", timeout=60)
+    try:
+        wait_for(lambda: next(r for r in rows(stack) if r["id"] == job_id)["status"] == "RUNNING", timeout=75)
+    except AssertionError:
+        raise AssertionError(f"the daily job never ran; daily flow runs: {daily_runs(stack)}") from None
     tagged = processes_tagged(stack["tag"])
     assert len(tagged) >= 5  # the stack, its three children, the run (and its script)
 

@@ -306,6 +306,18 @@ def test_runs_left_pending_or_cancelling_without_a_process_are_ended_and_free_th
             assert row["status"] == "FAILED" and "jamais démarré" in row["error"]
             # their slots are free: the queued runs are let through
             assert propose_pending(queued) == propose_pending(queued_too) == "Pending"
+            # a run its runner could report Crashed before its flow began: the row never got its id
+            crashed_job = f"c{uuid.uuid4().hex[:24]}"
+            insert_pending(syncjobs, crashed_job, "gamma")
+            crashed = client.create_flow_run(
+                sync_script, parameters={"script": "gamma", "job_id": crashed_job}, tags=[BASE_TAG]
+            )
+            client.set_flow_run_state(
+                crashed.id, Crashed(message="Process exited with status code: 1"), force=True
+            )
+            assert crashed_job in reconciler.states_pass(client)
+            row = syncjobs.get(crashed_job)
+            assert row["status"] == "FAILED" and "avant de démarrer : Process exited" in row["error"]
         finally:
             for run in (queued, queued_too, alive):
                 client.set_flow_run_state(run.id, Cancelled(), force=True)
