@@ -52,7 +52,7 @@ STREAM_SECONDS = 38.0
 KILL_WINDOW = 26.0  # every kill within this many seconds of the stream's start
 DB_DOWN = (6.0, 12.0)  # seconds the app's database stays stopped
 EVENT_GAP = (3.0, 6.0)  # seconds between two sends of one stream
-SETTLE_SECONDS = 120.0  # bound on the quiet period (a run left Pending is ended after 60 s)
+SETTLE_SECONDS = 120.0  # bound on the quiet period (a run left Pending is ended after 30 s)
 EVENTS = [
     ("sync/quick-a", "quick-a"),
     ("sync/quick-b", "quick-b"),
@@ -117,6 +117,9 @@ class ChaosStack:
             "POLIGRAPH_SHIM_MAX_BACKOFF_SECONDS": "2",
             "POLIGRAPH_SHIM_PREFECT_TIMEOUT_SECONDS": "3",
             "POLIGRAPH_CHAOS_TAG": self.tag,
+            # as `make up` sets it (one machine): a run the server's death left Pending is ended
+            # after 30 s, and the runs of its deployment queued behind it go on
+            "POLIGRAPH_STUCK_RUN_SECONDS": "30",
             "PYTHONUNBUFFERED": "1",
         }
         prefect_db = self.prefect_db.url.replace("postgresql+psycopg://", "postgresql+asyncpg://")
