@@ -320,9 +320,10 @@ def daily_runs(stack) -> list[str]:
 
 
 def test_ctrl_c_stops_every_process_of_the_stack_even_with_a_run_going(stack):
-    """Last in this module: it stops the stack. Earlier tests leave daily runs that Prefect's death
-    caught mid-cancel (Cancelling, holding the deployment's slot); the reconciler ends them after
-    POLIGRAPH_STUCK_RUN_SECONDS (30 s on the local stack), so this run starts within about 40 s."""
+    """Last in this module: it stops the stack. An earlier test's cancelled daily run can be caught
+    by the Prefect server's death while still Cancelling (holding the deployment's slot); the
+    reconciler ends it after POLIGRAPH_STUCK_RUN_SECONDS (30 s on the local stack), so this run
+    starts within about 40 s whatever the earlier tests left."""
     process = stack["process"]
     sent = cli(stack, "trigger", "sync:daily")
     assert sent.returncode == 0, sent.stderr
