@@ -3,6 +3,7 @@
 POST /e/{key}   events in; 200 {"ids":[...],"status":200} once they are committed
 GET  /health    {"status":200,"message":"OK"}
 GET  /dev       a JSON object (inngest-js v3 probes it in inferred dev mode)
+GET  /metrics   Prometheus metrics (shim.metrics); no key needed, nothing secret in them
 
 Every reply, errors included, is in the Inngest shape (a JSON `status`, an `error` text), since
 that is what the SDKs read. Only an outage of the shim's own database gets a 5xx.
@@ -13,20 +14,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from deployments.catalog import Catalog, get_catalog
+from shim.announce import Announcer
 from shim.body import read_body
+from shim.committer import GroupCommitter
 from shim.dispatcher import Dispatcher
 from shim.intake import Intake, KeyCheck
 from shim.logs import AccessLog
-from shim.outbox import EventOutbox, open_outbox
+from shim.metrics import ShimMetrics
+from shim.outbox import PENDING, EventOutbox, Recorded, open_outbox
 from shim.settings import ShimSettings, get_shim_settings
 from shim.wire import SEED_HEADER, SERVER_KIND_HEADER, Reply, dev_info, health, refused, unknown_key
+
+_REFUSAL_OF_STATUS = {400: "bad_request", 408: "too_slow", 413: "too_large"}
 
 
 def create_app(
@@ -44,15 +50,25 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.outbox = outbox or open_outbox(settings)
-        app.state.dispatcher = Dispatcher(app.state.outbox, settings)
-        app.state.intake = Intake(app.state.outbox, catalog_of, app.state.dispatcher.wake.set)
-        # Parsing and storing run in threads, off the event loop; a few at a time, since each
-        # holds its request's events in memory.
-        app.state.intake_threads = anyio.CapacityLimiter(settings.intake_threads)
+        metrics = app.state.metrics = ShimMetrics()
+        metrics.watch_outbox(app.state.outbox.pending_stats)
+        announcer = Announcer(enabled=settings.prefect_events)
+        dispatcher = app.state.dispatcher = Dispatcher(app.state.outbox, settings, metrics, announcer)
+
+        def wake_dispatcher(stored: list[list[Recorded]]) -> None:
+            # only events that need work (a run, or a SyncJob to fail) wake the dispatcher
+            if any(event.status == PENDING for request in stored for event in request):
+                dispatcher.notify()
+
+        app.state.committer = GroupCommitter(app.state.outbox, wake_dispatcher)
+        app.state.intake = Intake(
+            app.state.committer, catalog_of, metrics, announcer, settings.intake_threads
+        )
         if run_dispatcher:
-            app.state.dispatcher.start()
+            dispatcher.start()
         yield
-        app.state.dispatcher.stop()
+        app.state.committer.close()
+        dispatcher.stop()
 
     app = FastAPI(title="poligraph-jobs Inngest shim", lifespan=lifespan, openapi_url=None)
     app.add_middleware(  # open as the Inngest server's (docs/inngest-wire.md, "Replies")
@@ -82,16 +98,17 @@ def create_app(
 
     @app.post("/e/{key}")
     async def receive(key: str, request: Request) -> JSONResponse:
+        intake: Intake = request.app.state.intake
         if not key_accepted(key):
+            intake.refused("unknown_key", "Event key not found", 401)
             return respond(unknown_key(), close=True)
         body = await read_body(request, settings.max_body_bytes, settings.read_timeout_seconds)
         if isinstance(body, Reply):
+            intake.refused(
+                _REFUSAL_OF_STATUS.get(body.status, "bad_request"), body.body["error"], body.status
+            )
             return respond(body, close=True)
-        intake: Intake = request.app.state.intake
-        reply = await anyio.to_thread.run_sync(
-            intake.receive, body, request.headers.get(SEED_HEADER), limiter=request.app.state.intake_threads
-        )
-        return respond(reply)
+        return respond(await intake.receive(body, request.headers.get(SEED_HEADER)))
 
     @app.get("/health")
     async def health_route() -> JSONResponse:
@@ -100,5 +117,9 @@ def create_app(
     @app.get("/dev")
     async def dev_route() -> JSONResponse:
         return respond(dev_info(missing_event_keys=not settings.event_keys))
+
+    @app.get("/metrics")
+    def metrics_route(request: Request) -> Response:  # sync: FastAPI runs it in a thread (one query)
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

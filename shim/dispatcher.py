@@ -1,163 +1,396 @@
 """Turn pending events into flow runs, exactly once, whatever fails or restarts in between.
 
-Each due event is handled inside a transaction that locks its row. The flow run is created with
-the idempotency key `<flow/deployment>:<event row pk>`: Prefect scopes keys per flow, not per
-deployment (docs/prefect.md, "Idempotency keys"), and the row pk is unique per accepted event,
-so if the shim dies after Prefect created the run but before the row says so, the next attempt
-gets the same run back instead of a second one. Errors from Prefect postpone the event with
-exponential backoff.
+One thread runs an event loop with one long-lived Prefect API client (`shim.prefect_api`). Each
+pass claims a batch of due events (on PostgreSQL locked with FOR UPDATE SKIP LOCKED for the whole
+pass, so another shim passes them by), creates their runs with Prefect's bulk endpoint, one
+request per deployment and up to `dispatch_concurrency` requests at once, then writes every
+outcome and commits. Each run is created with the idempotency key `<flow/deployment>:<event row
+pk>`: Prefect scopes keys per flow, not per deployment (docs/prefect.md, "Idempotency keys"),
+and the row pk is unique per accepted event, so if the shim dies after Prefect created a run but
+before the row says so, the next attempt gets the same run back instead of a second one.
+
+Prefect's health is shared by all requests (`PrefectGate`): a 429/503 holds every request for
+its Retry-After (or a short growing backoff); an unreachable server is probed with one
+`GET /health` at a time, while the events wait untouched, and when it answers the backlog goes
+at full rate at once. Errors that concern one event (its deployment missing, a 500) postpone
+that event alone, with exponential backoff. Events that need no run (a refused event with a
+jobId) are handled whatever Prefect's state.
+
+The loop is woken by intake when it stored events that need work, and polls every
+`poll_seconds` for events that came due (postponed ones, another shim's leftovers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable
-from contextlib import ExitStack
-from typing import Any
-from uuid import UUID
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-import httpx
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.exceptions import ObjectNotFound
-from prefect.settings import (
-    PREFECT_API_REQUEST_TIMEOUT,
-    PREFECT_CLIENT_MAX_RETRIES,
-    temporary_settings,
-)
-from sqlalchemy.engine import Connection
-
-from deployments.syncjob import syncjob_repository
+from deployments.syncjob import syncjob_repository, utcnow
+from shim.announce import Announcer
 from shim.mapping import FAIL_JOB, RUN
-from shim.outbox import DONE, FAILED, EventOutbox
+from shim.metrics import ShimMetrics
+from shim.outbox import DONE, FAILED, PENDING, EventOutbox, Outcome
+from shim.prefect_api import (
+    BULK_LIMIT,
+    DeploymentNotFound,
+    PrefectApi,
+    PrefectBusy,
+    PrefectDown,
+    PrefectError,
+    RunRequest,
+    RunResult,
+)
 from shim.settings import ShimSettings
 
 log = logging.getLogger("poligraph.shim.dispatcher")
 _PERMANENT_HTTP = {400, 403, 409, 422}  # Prefect refused these parameters: retrying won't help
+# Per-run refusals of the bulk endpoint that no retry changes (the parameters broke the schema).
+_PERMANENT_RUN_ERRORS = ("Parameter validation failed", "Parameter schema enforcement", "Invalid schema")
+EMIT_BATCH = 500  # Prefect events per POST /events
+EMIT_INTERVAL = 0.5  # seconds between two looks at the queue of Prefect events
+T = TypeVar("T")
+
+
+def idempotency_key(row: dict[str, Any]) -> str:
+    return f"{row['deployment']}:{row['pk']}"
+
+
+def run_tags(row: dict[str, Any]) -> list[str]:
+    """The tags a run gets from its event: the UI's filter by event name, and the event id that
+    links the run to the outbox row, the client's reply and the Prefect event feed."""
+    return ["inngest", f"event:{row['name']}", f"inngest-event:{row['event_id']}"]
+
+
+class PrefectGate:
+    """When the next Prefect request may go, shared by every request of the dispatcher."""
+
+    def __init__(self, settings: ShimSettings, metrics: ShimMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.up = True
+        self.not_before = 0.0  # monotonic: busy until then
+        self._busy_delay = 0.0
+        self._probe_delay = 0.0
+        self._next_probe = 0.0
+
+    def open(self) -> bool:
+        return self.up and time.monotonic() >= self.not_before
+
+    def seconds_to_wait(self) -> float:
+        """Until requests may go again (or the next probe is due)."""
+        until = self._next_probe if not self.up else self.not_before
+        return max(0.0, until - time.monotonic())
+
+    def ok(self) -> None:
+        self._busy_delay = 0.0
+        if not self.up:
+            log.info("Prefect is reachable again")
+        self.up = True
+        self._probe_delay = 0.0
+        self.metrics.prefect_up.set(1)
+
+    def busy(self, retry_after: float | None) -> None:
+        """429/503: every request waits the Retry-After, else 0.1 s doubling up to 5 s."""
+        self._busy_delay = min(5.0, max(0.1, self._busy_delay * 2))
+        delay = retry_after if retry_after is not None else self._busy_delay
+        self.not_before = max(
+            self.not_before, time.monotonic() + min(delay, self.settings.max_backoff_seconds)
+        )
+
+    def down(self) -> None:
+        if self.up:
+            log.warning("Prefect is unreachable: events wait, probing its health")
+        self.up = False
+        self.metrics.prefect_up.set(0)
+        self._schedule_probe()
+
+    def probe_due(self) -> bool:
+        return not self.up and time.monotonic() >= self._next_probe
+
+    def _schedule_probe(self) -> None:
+        limit = min(self.settings.probe_seconds, self.settings.max_backoff_seconds)
+        self._probe_delay = min(limit, max(0.25, self._probe_delay * 2))
+        self._next_probe = time.monotonic() + self._probe_delay
 
 
 class Dispatcher:
-    def __init__(self, outbox: EventOutbox, settings: ShimSettings) -> None:
+    def __init__(
+        self,
+        outbox: EventOutbox,
+        settings: ShimSettings,
+        metrics: ShimMetrics | None = None,
+        announcer: Announcer | None = None,
+    ) -> None:
         self.outbox = outbox
         self.settings = settings
-        self.wake = threading.Event()
-        self._stop = threading.Event()
+        self.metrics = metrics or ShimMetrics()
+        self.announcer = announcer or Announcer(enabled=False)
+        self.gate = PrefectGate(settings, self.metrics)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._deployment_ids: dict[str, Any] = {}
+        self._thread_lock = threading.Lock()
+        self._api: PrefectApi | None = None
+        self._wake: asyncio.Event | None = None
+        self._pass_lock: asyncio.Lock | None = None
+        self._stopping = False
+        self._tasks: list[Future[None]] = []
 
-    # --- lifecycle ------------------------------------------------------------------------
+    # --- lifecycle (from any thread) -------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="shim-dispatcher", daemon=True)
-        self._thread.start()
+        self._tasks = [self._submit(self._run()), self._submit(self._emit_loop())]
+
+    def notify(self) -> None:
+        """Events that need work were stored (thread-safe, cheap, coalesced)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
 
     def stop(self, timeout: float = 10) -> None:
-        self._stop.set()
-        self.wake.set()
-        if self._thread:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
+        if self._loop is None:
+            return
+        self._stopping = True
+        self.notify()
+        for task in self._tasks:
             try:
-                busy = self.dispatch_due()
+                task.result(timeout)
+            except Exception:  # noqa: BLE001 - stopping anyway
+                log.exception("dispatcher task ended with an error")
+        self._submit(self._close()).result(timeout)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._loop.close()
+        self._loop = None
+
+    def dispatch_due(self) -> int:
+        """Run one pass now (from another thread); how many events it handled."""
+        return self._submit(self._one_pass()).result()
+
+    def _submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._ensure_loop())
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._thread_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                self._wake = asyncio.Event()
+                self._pass_lock = asyncio.Lock()
+                self._thread = threading.Thread(target=loop.run_forever, name="shim-dispatcher", daemon=True)
+                self._loop = loop
+                self._thread.start()
+            return self._loop
+
+    def api(self) -> PrefectApi:
+        if self._api is None:
+            self._api = PrefectApi(self.settings)
+        return self._api
+
+    async def _close(self) -> None:
+        if self._api is not None:
+            await self._api.aclose()
+            self._api = None
+
+    # --- the loops (in the dispatcher's thread) -------------------------------------------
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while not self._stopping:
+            try:
+                handled = await self._one_pass()
             except Exception:  # the database may be down too: try again later
                 log.exception("dispatch pass failed")
-                busy = 0
-            if not busy:
-                self.wake.wait(self.settings.poll_seconds)
-                self.wake.clear()
+                handled = 0
+            if handled >= self.settings.batch_size and self.gate.open():
+                continue  # a full batch: more may be waiting
+            timeout = self.settings.poll_seconds
+            if not self.gate.open():
+                timeout = min(timeout, max(0.01, self.gate.seconds_to_wait()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _emit_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(EMIT_INTERVAL)
+            await self.emit_pending()
+
+    async def emit_pending(self) -> None:
+        """Send the queued Prefect events, in batches, while Prefect takes them."""
+        dropped = self.announcer.take_dropped()
+        if dropped:
+            self.metrics.prefect_events.labels("dropped").inc(dropped)
+            log.warning("%d Prefect events dropped (queue full while Prefect was unreachable)", dropped)
+        while self.gate.open() and (batch := self.announcer.take(EMIT_BATCH)):
+            try:
+                await self.api().emit_events(batch)
+            except PrefectBusy as exc:
+                self.announcer.give_back(batch)
+                self.gate.busy(exc.retry_after)
+                return
+            except PrefectDown:
+                self.announcer.give_back(batch)
+                self.gate.down()
+                return
+            except PrefectError as exc:
+                self.metrics.prefect_events.labels("dropped").inc(len(batch))
+                log.warning("%d Prefect events refused by Prefect and dropped: %s", len(batch), exc)
+                continue
+            self.metrics.prefect_events.labels("sent").inc(len(batch))
 
     # --- one pass -------------------------------------------------------------------------
-    def dispatch_due(self) -> int:
-        """Handle the events that are due now; return how many were handled (ok or postponed).
+    async def _one_pass(self) -> int:
+        assert self._pass_lock is not None
+        async with self._pass_lock:
+            if self.gate.probe_due():
+                self.metrics.prefect_probes.inc()
+                if await self.api().healthy():
+                    self.gate.ok()
+                else:
+                    self.gate.down()
+            actions = (RUN, FAIL_JOB) if self.gate.open() else (FAIL_JOB,)
+            engine = self.outbox.engine
+            if engine.dialect.name == "postgresql":
+                # the rows stay locked until the outcomes are committed
+                with engine.begin() as conn:
+                    rows = self.outbox.claim_due(conn, self.settings.batch_size, actions=actions)
+                    outcomes = await self._handle(rows)
+                    self.outbox.apply(conn, outcomes)
+            else:
+                # SQLite: read, then write in a transaction of its own, so the write lock is
+                # held only for the updates (one dispatcher per SQLite file: no lock needed)
+                with engine.connect() as conn:
+                    rows = self.outbox.claim_due(conn, self.settings.batch_size, actions=actions)
+                outcomes = await self._handle(rows)
+                with engine.begin() as conn:
+                    self.outbox.apply(conn, outcomes)
+            return len(rows)
 
-        One event per transaction: on PostgreSQL its row stays locked (SKIP LOCKED lets other
-        shims pass it by) while Prefect is called; on SQLite the write lock is taken only for
-        the final update, so a slow Prefect never blocks the Event API's inserts.
-        """
-        seen: list[str] = []  # each event at most once per pass, even when due again at once
-        with ExitStack() as stack:
-            # Our own backoff replaces the client's (up to a minute of silent retries per call),
-            # and a slow Prefect costs one request timeout, not the default 60 s.
-            stack.enter_context(
-                temporary_settings(
-                    updates={
-                        PREFECT_CLIENT_MAX_RETRIES: 0,
-                        PREFECT_API_REQUEST_TIMEOUT: self.settings.prefect_timeout_seconds,
-                    }
+    async def _handle(self, rows: list[dict[str, Any]]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        by_deployment: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            if row["action"] == FAIL_JOB:
+                self._fail_job(row["job_id"], row["reason"])
+                self.metrics.dispatch_attempts.labels("job_failed").inc()
+                outcomes.append(Outcome(row["pk"], DONE))
+            elif row["action"] == RUN:
+                by_deployment.setdefault(row["deployment"], []).append(row)
+            else:  # pragma: no cover - only pending rows get here
+                outcomes.append(Outcome(row["pk"], DONE))
+        chunks = [
+            group[i : i + BULK_LIMIT]
+            for group in by_deployment.values()
+            for i in range(0, len(group), BULK_LIMIT)
+        ]
+        slots = asyncio.Semaphore(self.settings.dispatch_concurrency)
+
+        async def create(index: int, chunk: list[dict[str, Any]]) -> list[Outcome]:
+            async with slots:
+                # the first wave always goes; later requests only while Prefect is fine
+                if index >= self.settings.dispatch_concurrency and not self.gate.open():
+                    return []  # untouched: still pending, due, and unlocked at commit
+                return await self._create_chunk(chunk)
+
+        for done in await asyncio.gather(*(create(i, chunk) for i, chunk in enumerate(chunks))):
+            outcomes.extend(done)
+        return outcomes
+
+    async def _create_chunk(self, rows: list[dict[str, Any]]) -> list[Outcome]:
+        name = rows[0]["deployment"]
+        api = self.api()
+        requests = [RunRequest(row["parameters"] or {}, idempotency_key(row), run_tags(row)) for row in rows]
+        deployment_id: str | None = None
+        try:
+            deployment_id = await api.deployment_id(name)
+            results = await api.create_runs(deployment_id, requests)
+        except DeploymentNotFound as exc:
+            api.forget_deployment(name)  # redeployed under a new id, or not there yet
+            return self._retry_later(rows, exc, "refused")
+        except PrefectBusy as exc:
+            self.gate.busy(exc.retry_after)
+            return self._retry_when_open(rows, exc, "busy")
+        except PrefectDown as exc:
+            self.gate.down()
+            return self._retry_when_open(rows, exc, "down")
+        except PrefectError as exc:
+            if exc.status in _PERMANENT_HTTP:
+                return [self._refused(row, f"Prefect refused the run of {name}: {exc}") for row in rows]
+            return self._retry_later(rows, exc, "error")
+        finally:
+            self.metrics.prefect_request_seconds.observe(api.last_call_seconds)
+        self.gate.ok()
+        return [self._created(row, result, deployment_id) for row, result in zip(rows, results, strict=True)]
+
+    def _created(self, row: dict[str, Any], result: RunResult, deployment_id: str | None) -> Outcome:
+        if result.flow_run_id is None:
+            error = result.error or "not created"
+            if error.startswith(_PERMANENT_RUN_ERRORS):
+                return self._refused(row, f"Prefect refused the run of {row['deployment']}: {error}")
+            return self._retry_later([row], RuntimeError(error), "error")[0]
+        self.metrics.dispatch_attempts.labels("created").inc()
+        self.metrics.dispatch_latency.observe(max(0.0, (utcnow() - row["received_at"]).total_seconds()))
+        self.announcer.dispatched(
+            row["event_id"], row["name"], row["deployment"], deployment_id, result.flow_run_id
+        )
+        log.info("event %s (%s) -> flow run %s", row["event_id"], row["name"], result.flow_run_id)
+        return Outcome(row["pk"], DONE, flow_run_id=result.flow_run_id)
+
+    def _refused(self, row: dict[str, Any], reason: str) -> Outcome:
+        self._fail_job(row["job_id"], reason)
+        self.metrics.dispatch_attempts.labels("failed").inc()
+        self.announcer.failed(row["event_id"], row["name"], row["deployment"], reason)
+        log.warning("event %s (%s): %s", row["event_id"], row["name"], reason)
+        return Outcome(row["pk"], FAILED, error=reason)
+
+    def _retry_when_open(self, rows: list[dict[str, Any]], exc: Exception, kind: str) -> list[Outcome]:
+        """Prefect busy or down: the events are due again as soon as the gate opens."""
+        self.metrics.dispatch_errors.labels(kind).inc()
+        return self._postponed(rows, exc, lambda _attempts: 0.0)
+
+    def _retry_later(self, rows: list[dict[str, Any]], exc: Exception, kind: str) -> list[Outcome]:
+        """A failure of these events alone: exponential backoff, each."""
+        self.metrics.dispatch_errors.labels(kind).inc()
+        return self._postponed(
+            rows, exc, lambda attempts: min(self.settings.max_backoff_seconds, 0.5 * 2 ** min(attempts, 16))
+        )
+
+    def _postponed(
+        self, rows: list[dict[str, Any]], exc: Exception, delay_of: Callable[[int], float]
+    ) -> list[Outcome]:
+        error = f"{type(exc).__name__}: {exc}"
+        now = utcnow()
+        outcomes = []
+        for row in rows:
+            attempts = row["attempts"] + 1
+            delay = delay_of(attempts)
+            outcomes.append(
+                Outcome(
+                    row["pk"], PENDING, error=error, attempts=attempts, next_attempt_at=_later(now, delay)
                 )
             )
-            clients: list[SyncPrefectClient] = []
-
-            def client() -> SyncPrefectClient:  # opened on first need, inside the error handling
-                if not clients:
-                    clients.append(stack.enter_context(get_client(sync_client=True)))
-                return clients[0]
-
-            while len(seen) < self.settings.batch_size and not self._stop.is_set():
-                with self.outbox.engine.begin() as conn:
-                    rows = self.outbox.claim_due(conn, 1, exclude=seen)
-                    if not rows:
-                        break
-                    seen.append(rows[0]["pk"])
-                    self._handle(conn, client, rows[0])
-        return len(seen)
-
-    def _handle(self, conn: Connection, client: Callable[[], SyncPrefectClient], row: dict[str, Any]) -> None:
-        if row["action"] == FAIL_JOB:
-            self._fail_job(row["job_id"], row["reason"])
-            self.outbox.finish(conn, row["pk"], DONE)
-            return
-        if row["action"] != RUN:  # pragma: no cover - only pending rows get here
-            self.outbox.finish(conn, row["pk"], DONE)
-            return
-        try:
-            flow_run_id = self._create_run(client(), row)
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code in _PERMANENT_HTTP:
-                reason = f"Prefect refused the run of {row['deployment']}: {exc.response.text[:500]}"
-                self._fail_job(row["job_id"], reason)
-                self.outbox.finish(conn, row["pk"], FAILED, last_error=reason)
-                return
-            self._postpone(conn, row, exc)
-        except Exception as exc:  # Prefect down, slow, or the deployment not there yet
-            self._postpone(conn, row, exc)
-        else:
-            self.outbox.finish(conn, row["pk"], DONE, flow_run_id=str(flow_run_id), last_error=None)
-            log.info("event %s (%s) -> flow run %s", row["event_id"], row["name"], flow_run_id)
-
-    def _create_run(self, client: SyncPrefectClient, row: dict[str, Any]) -> UUID:
-        name = row["deployment"]
-        if name not in self._deployment_ids:
-            self._deployment_ids[name] = client.read_deployment_by_name(name).id
-        try:
-            run = client.create_flow_run_from_deployment(
-                self._deployment_ids[name],
-                parameters=row["parameters"] or {},
-                idempotency_key=f"{name}:{row['pk']}",
-                tags=["inngest", f"event:{row['name']}"],
-            )
-        except ObjectNotFound:
-            self._deployment_ids.pop(name, None)  # redeployed under a new id: look it up again
-            raise
-        return run.id
-
-    def _postpone(self, conn: Connection, row: dict[str, Any], exc: Exception) -> None:
-        attempts = row["attempts"] + 1
-        delay = min(self.settings.max_backoff_seconds, 0.5 * 2 ** min(attempts, 16))
-        error = f"{type(exc).__name__}: {exc}"
+            self.metrics.dispatch_attempts.labels("postponed").inc()
         log.warning(
-            "event %s (%s): attempt %d failed, next in %.1fs: %s",
-            row["event_id"],
-            row["name"],
-            attempts,
-            delay,
+            "%d event(s) of %s: attempt failed, retried %s: %s",
+            len(rows),
+            rows[0]["deployment"],
+            f"in {delay_of(rows[0]['attempts'] + 1):.1f}s" if delay_of(1) else "when Prefect is back",
             error,
         )
-        self.outbox.postpone(conn, row["pk"], attempts, delay, error)
+        return outcomes
 
     @staticmethod
     def _fail_job(job_id: str | None, reason: str | None) -> None:
         # Only a row still PENDING: a refused event never rewrites a row that started or ended.
         if job_id:
             syncjob_repository().fail_pending(job_id, reason or "event refused")
+
+
+def _later(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=seconds)

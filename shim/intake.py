@@ -7,13 +7,17 @@ import hmac
 import logging
 from collections.abc import Callable
 
+import anyio
 from sqlalchemy import exc as sa_exc
 
 from deployments.catalog import Catalog
+from shim.announce import Announcer
+from shim.committer import GroupCommitter
 from shim.events import EventError, parse_body
 from shim.ids import event_ids
-from shim.mapping import map_events
-from shim.outbox import EventOutbox
+from shim.mapping import NOTHING, EventRouter
+from shim.metrics import ShimMetrics
+from shim.outbox import DUPLICATE, Recorded, Request
 from shim.settings import ShimSettings
 from shim.text import printable
 from shim.wire import Reply, accepted, refused, unavailable
@@ -22,6 +26,10 @@ log = logging.getLogger("poligraph.shim")
 # The database is down or unreachable (not a bad statement: that would be a bug): the client
 # gets a 5xx and sends the events again.
 OUTAGE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+# Bodies up to this size are parsed on the event loop (a few hundred microseconds at most: what
+# the SDKs send is ~200 bytes). Larger ones are parsed in a thread, a few at a time
+# (POLIGRAPH_SHIM_INTAKE_THREADS), which also bounds the memory their parsed events hold.
+INLINE_BODY_BYTES = 16 * 1024
 
 
 class KeyCheck:
@@ -42,37 +50,80 @@ class KeyCheck:
 class Intake:
     def __init__(
         self,
-        outbox: EventOutbox,
+        committer: GroupCommitter,
         catalog: Callable[[], Catalog],
-        on_pending: Callable[[], None] = lambda: None,
+        metrics: ShimMetrics,
+        announcer: Announcer,
+        large_requests: int = 2,
     ) -> None:
-        self.outbox = outbox
+        self.committer = committer
         self.catalog = catalog
-        self.on_pending = on_pending
+        self.metrics = metrics
+        self.announcer = announcer
+        self._router: EventRouter | None = None
+        self._large = anyio.CapacityLimiter(large_requests)
 
-    def receive(self, raw: bytes, seed: str | None) -> Reply:
-        """Parse, map and store a request's events (all or none); blocking: run it off the loop."""
+    def router(self) -> EventRouter:
+        catalog = self.catalog()
+        if self._router is None or self._router.catalog is not catalog:
+            self._router = EventRouter(catalog)
+        return self._router
+
+    async def receive(self, raw: bytes, seed: str | None) -> Reply:
+        """Parse, map and store a request's events (all or none); answers once they are committed."""
+        if len(raw) <= INLINE_BODY_BYTES:
+            return await self._store(self.prepare(raw, seed))
+        async with self._large:
+            return await self._store(await anyio.to_thread.run_sync(self.prepare, raw, seed))
+
+    def prepare(self, raw: bytes, seed: str | None) -> Request | Reply:
+        """The request's events with their ids and actions, or the reply that refuses it."""
         try:
             events = parse_body(raw)
         except EventError as exc:
             log.info("request refused: %s", printable(str(exc)))
+            self.refused("bad_request", str(exc), 400)
             return refused(str(exc))
         ids = event_ids(seed, len(events))
-        actions = map_events(self.catalog(), [(event.name, event.data) for event in events])
-        batch = list(zip(ids, events, actions, strict=True))
-        if batch:
-            try:
-                self.outbox.record(batch)  # committed before the 200: nothing accepted is lost
-            except OUTAGE as exc:
-                log.warning("events not stored, the outbox is unavailable: %s", type(exc).__name__)
-                return unavailable()
-            self.on_pending()
-        for event_id, event, action in batch:
+        actions = self.router().map_events([(event.name, event.data) for event in events])
+        return list(zip(ids, events, actions, strict=True))
+
+    def refused(self, reason: str, error: str, status: int) -> None:
+        """A whole request refused (nothing stored): counted and announced."""
+        self.metrics.requests_refused.labels(reason).inc()
+        self.announcer.request_refused(status, error)
+
+    async def _store(self, batch: Request | Reply) -> Reply:
+        if isinstance(batch, Reply):
+            return batch
+        if not batch:
+            return accepted([])
+        try:
+            recorded = await self.committer.store(batch)  # committed before the 200
+        except OUTAGE as exc:
+            log.warning("events not stored, the outbox is unavailable: %s", type(exc).__name__)
+            self.refused("outbox_unavailable", "the event store is unavailable", 503)
+            return unavailable()
+        self._report(batch, recorded)
+        return accepted([event_id for event_id, _, _ in batch])
+
+    def _report(self, batch: Request, recorded: list[Recorded]) -> None:
+        for (event_id, event, action), stored in zip(batch, recorded, strict=True):
+            if stored.status == DUPLICATE:
+                outcome = "duplicate"
+            elif action.reason:
+                outcome = "refused"
+            else:
+                outcome = "accepted"
+            self.metrics.count_event(outcome, action)
+            self.announcer.event_stored(event_id, event, action, outcome)
             log.info(
                 "event %s %s -> %s %s",
                 event_id,
                 printable(event.name),
-                action.action,
+                "duplicate" if stored.status == DUPLICATE else action.action,
                 action.deployment or action.reason or "",
             )
-        return accepted(ids)
+
+
+__all__ = ["NOTHING", "OUTAGE", "Intake", "KeyCheck"]

@@ -45,9 +45,22 @@ def map_event(catalog: Catalog, name: str, data: dict[str, Any]) -> EventAction:
 
 
 def map_events(catalog: Catalog, events: list[tuple[str, dict[str, Any]]]) -> list[EventAction]:
-    """`map_event` for each (name, data) of a request; the deployments are listed once."""
-    by_event = {event: spec for spec in reversed(deployment_specs(catalog)) for event in spec.events}
-    return [_map(catalog, by_event.get(name), name, data) for name, data in events]
+    """`map_event` for each (name, data) of a request."""
+    return EventRouter(catalog).map_events(events)
+
+
+class EventRouter:
+    """Events -> actions for one catalog, its event table built once (listing the deployments
+    costs ~1.5 ms: more than the rest of a request)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._by_event = {
+            event: spec for spec in reversed(deployment_specs(catalog)) for event in spec.events
+        }
+
+    def map_events(self, events: list[tuple[str, dict[str, Any]]]) -> list[EventAction]:
+        return [_map(self.catalog, self._by_event.get(name), name, data) for name, data in events]
 
 
 def _map(catalog: Catalog, spec: DeploymentSpec | None, name: str, data: dict[str, Any]) -> EventAction:

@@ -4,6 +4,7 @@ dispatcher then claims the pending ones and turns them into flow runs."""
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
@@ -27,6 +26,7 @@ from shim.tables import inngest_dedupe, inngest_event
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 PENDING, DONE, DUPLICATE, FAILED = "pending", "done", "duplicate", "failed"
 MAX_PLAIN_DEDUPE_KEY = 200  # characters; a btree index entry holds at most ~2700 bytes
+HEAD_REVISION = "0002"  # the latest migration (a test checks it against Alembic's head)
 
 
 def shim_database_url(shim: ShimSettings, app: Settings) -> str:
@@ -41,20 +41,40 @@ def shim_database_url(shim: ShimSettings, app: Settings) -> str:
 @lru_cache(maxsize=4)
 def _engine(url: str, schema: str) -> Engine:
     if url.startswith("sqlite"):
-        return sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_wal)
+        return engine
     # Our tables resolve in our own schema; Prisma's `public` is never touched.
     return sa.create_engine(url, pool_pre_ping=True, connect_args={"options": f"-csearch_path={schema}"})
 
 
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    # WAL: the dispatcher's and the metrics' reads never wait for intake's writes, nor block them.
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+
 def migrate(engine: Engine, schema: str) -> None:
-    """Create the schema (PostgreSQL) and bring the tables to the latest migration."""
+    """Create the schema (PostgreSQL) and bring the tables to the latest migration.
+
+    Alembic (~12 MB, for the life of the process) is only loaded when there is something to do."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        if _revision(conn) == HEAD_REVISION:
+            return
+        from alembic import command
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def _revision(conn: Connection) -> str | None:
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def dedupe_key_of(user_id: str) -> str:
@@ -71,65 +91,108 @@ class Recorded:
     status: str
 
 
+Request = list[tuple[str, InboundEvent, EventAction]]  # one request's events: (id, event, action)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the dispatcher decided for one claimed row."""
+
+    pk: str
+    status: str = PENDING  # PENDING: postponed to `next_attempt_at`
+    flow_run_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+
+
 class EventOutbox:
     def __init__(self, engine: Engine, dedupe_hours: float = 24) -> None:
         self.engine = engine
         self.dedupe_window = timedelta(hours=dedupe_hours)
 
-    def record(self, events: list[tuple[str, InboundEvent, EventAction]]) -> list[Recorded]:
-        """Store a request's events in one transaction (all or nothing), in order.
+    def record(self, events: Request) -> list[Recorded]:
+        """Store a request's events in one transaction (all or nothing), in order."""
+        return self.record_requests([events])[0]
 
-        Two statements whatever the batch size (each sent in pages by SQLAlchemy): claim the
-        dedupe keys, then insert the events. Per-event statements made a 5,000-event batch take
-        seconds of interpreter time.
+    def record_requests(self, requests: list[Request]) -> list[list[Recorded]]:
+        """Store several requests' events in one transaction and one commit (group commit), in
+        order: an event id seen earlier in the group is a duplicate, as if the requests had been
+        stored one after the other. All or nothing for the whole group.
+
+        PostgreSQL: one statement (dedupe claim + insert). Elsewhere two, whatever the size (each
+        sent in pages by SQLAlchemy). Per-event statements made a 5,000-event batch take seconds.
         """
         now = utcnow()
-        keyed = [
-            (uuid.uuid4().hex, dedupe_key_of(event.id) if event.id else event_id, event_id, event, action)
-            for event_id, event, action in events
-        ]
-        first_pk: dict[str, str] = {}  # the first event of the request with each key
-        for pk, key, *_ in keyed:
-            first_pk.setdefault(key, pk)
         rows = []
-        recorded = []
+        claims: set[str] = set()  # pks of the first event of the group with each dedupe key
+        first_of_key: set[str] = set()
+        for request in requests:
+            for event_id, event, action in request:
+                key = dedupe_key_of(event.id) if event.id else event_id
+                pk = uuid.uuid4().hex
+                if key not in first_of_key:
+                    first_of_key.add(key)
+                    claims.add(pk)
+                rows.append(_event_row(pk, key, event_id, event, action))
         with self.engine.begin() as conn:
-            claimed = self._claim_dedupe_keys(conn, first_pk, now)
-            for pk, key, event_id, event, action in keyed:
-                if key not in claimed or first_pk[key] != pk:
-                    status = DUPLICATE
-                elif action.action == NOTHING:
-                    status = DONE
-                else:
-                    status = PENDING
-                rows.append(
-                    {
-                        "pk": pk,
-                        "event_id": event_id,
-                        "user_id": event.id.replace("\x00", "\ufffd") or None,  # text holds no NUL
-                        "dedupe_key": key,
-                        "name": event.name,
-                        "payload": event.as_json(),
-                        "received_at": now,
-                        "action": action.action,
-                        "deployment": action.deployment,
-                        "parameters": action.parameters,
-                        "job_id": action.job_id,
-                        "reason": action.reason,
-                        "status": status,
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "done_at": None if status == PENDING else now,
-                    }
-                )
-                recorded.append(Recorded(event_id, status))
-            conn.execute(sa.insert(inngest_event), rows)
+            if conn.dialect.name == "postgresql":
+                status_of = self._insert_postgres(conn, rows, claims, now)
+            else:
+                status_of = self._insert_generic(conn, rows, claims, now)
+        recorded: list[list[Recorded]] = []
+        position = 0
+        for request in requests:
+            part = rows[position : position + len(request)]
+            recorded.append([Recorded(row["event_id"], status_of[row["pk"]]) for row in part])
+            position += len(request)
         return recorded
+
+    def _insert_postgres(
+        self, conn: Connection, rows: list[dict[str, Any]], claims: set[str], now: datetime
+    ) -> dict[str, str]:
+        columns = {name: [row[name] for row in rows] for name in _TEXT_COLUMNS}
+        columns["payload"] = [json.dumps(row["payload"]) for row in rows]
+        columns["parameters"] = [
+            None if row["parameters"] is None else json.dumps(row["parameters"]) for row in rows
+        ]
+        params = {
+            **columns,
+            "claims": [row["pk"] in claims for row in rows],
+            "now": now,
+            "expires": now + self.dedupe_window,
+        }
+        return {pk: status for pk, status in conn.execute(_POSTGRES_RECORD, params)}
+
+    def _insert_generic(
+        self, conn: Connection, rows: list[dict[str, Any]], claims: set[str], now: datetime
+    ) -> dict[str, str]:
+        claimed = self._claim_dedupe_keys(
+            conn, {row["dedupe_key"]: row["pk"] for row in rows if row["pk"] in claims}, now
+        )
+        for row in rows:
+            if row["pk"] not in claims or row["dedupe_key"] not in claimed:
+                status = DUPLICATE
+            elif row["action"] == NOTHING:
+                status = DONE
+            else:
+                status = PENDING
+            row.update(
+                status=status,
+                received_at=now,
+                attempts=0,
+                next_attempt_at=now,
+                done_at=None if status == PENDING else now,
+            )
+        conn.execute(sa.insert(inngest_event), rows)
+        return {row["pk"]: row["status"] for row in rows}
 
     def _claim_dedupe_keys(self, conn: Connection, keys: dict[str, str], now: datetime) -> set[str]:
         """The keys (key -> event pk) no live event held: they are now ours for the window.
 
         Sorted, so that two shims claiming overlapping keys lock them in the same order."""
+        if not keys:
+            return set()
         insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(inngest_dedupe)
         stmt = insert.on_conflict_do_update(
             index_elements=["key"],
@@ -142,40 +205,71 @@ class EventOutbox:
 
     # --- dispatcher side ------------------------------------------------------------------
     def claim_due(
-        self, conn: Connection, limit: int, exclude: list[str] | None = None
+        self,
+        conn: Connection,
+        limit: int,
+        exclude: list[str] | None = None,
+        actions: tuple[str, ...] | None = None,
     ) -> list[dict[str, Any]]:
-        """Pending events that are due, locked for this transaction (SKIP LOCKED on PostgreSQL)."""
+        """Pending events that are due, oldest first, locked for this transaction on PostgreSQL
+        (SKIP LOCKED: another shim passes them by). `actions`: only rows with these actions."""
         query = (
             sa.select(inngest_event)
-            .where(
-                inngest_event.c.status == PENDING,
-                inngest_event.c.next_attempt_at <= utcnow(),
-                inngest_event.c.pk.not_in(exclude or []),
-            )
+            .where(inngest_event.c.status == PENDING, inngest_event.c.next_attempt_at <= utcnow())
             .order_by(inngest_event.c.received_at, inngest_event.c.pk)
             .limit(limit)
         )
+        if exclude:
+            query = query.where(inngest_event.c.pk.not_in(exclude))
+        if actions is not None:
+            query = query.where(inngest_event.c.action.in_(actions))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         return [dict(row) for row in conn.execute(query).mappings()]
 
-    def finish(self, conn: Connection, pk: str, status: str, **values: Any) -> None:
-        conn.execute(
-            sa.update(inngest_event)
-            .where(inngest_event.c.pk == pk)
-            .values(status=status, done_at=utcnow(), **values)
-        )
-
-    def postpone(self, conn: Connection, pk: str, attempts: int, delay: float, error: str) -> None:
-        conn.execute(
-            sa.update(inngest_event)
-            .where(inngest_event.c.pk == pk)
-            .values(
-                attempts=attempts,
-                next_attempt_at=utcnow() + timedelta(seconds=delay),
-                last_error=error[:2000],
+    def apply(self, conn: Connection, outcomes: list[Outcome]) -> None:
+        """Write the dispatcher's outcomes: one statement for the finished rows, one for the
+        postponed ones."""
+        now = utcnow()
+        finished = [o for o in outcomes if o.status != PENDING]
+        postponed = [o for o in outcomes if o.status == PENDING]
+        if finished:
+            conn.execute(
+                sa.update(inngest_event)
+                .where(inngest_event.c.pk == sa.bindparam("b_pk"))
+                .values(
+                    status=sa.bindparam("b_status"),
+                    flow_run_id=sa.bindparam("b_run"),
+                    last_error=sa.bindparam("b_error"),
+                    done_at=now,
+                ),
+                [
+                    {"b_pk": o.pk, "b_status": o.status, "b_run": o.flow_run_id, "b_error": o.error}
+                    for o in finished
+                ],
             )
-        )
+        if postponed:
+            conn.execute(
+                sa.update(inngest_event)
+                .where(inngest_event.c.pk == sa.bindparam("b_pk"))
+                .values(
+                    attempts=sa.bindparam("b_attempts"),
+                    next_attempt_at=sa.bindparam("b_next"),
+                    last_error=sa.bindparam("b_error"),
+                ),
+                [
+                    {
+                        "b_pk": o.pk,
+                        "b_attempts": o.attempts,
+                        "b_next": o.next_attempt_at or now,
+                        "b_error": (o.error or "")[:2000],
+                    }
+                    for o in postponed
+                ],
+            )
+
+    def finish(self, conn: Connection, pk: str, status: str, **values: Any) -> None:
+        self.apply(conn, [Outcome(pk, status, values.get("flow_run_id"), values.get("last_error"))])
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(inngest_event).order_by(inngest_event.c.received_at, inngest_event.c.pk)
@@ -185,9 +279,83 @@ class EventOutbox:
             return [dict(row) for row in conn.execute(query).mappings()]
 
     def pending_count(self) -> int:
+        return self.pending_stats()[0]
+
+    def pending_stats(self) -> tuple[int, datetime | None]:
+        """How many events are pending, and when the oldest of them arrived (one small query)."""
+        query = sa.select(sa.func.count(), sa.func.min(inngest_event.c.received_at)).where(
+            inngest_event.c.status == PENDING
+        )
         with self.engine.connect() as conn:
-            query = sa.select(sa.func.count()).where(inngest_event.c.status == PENDING)
-            return conn.execute(query).scalar_one()
+            count, oldest = conn.execute(query).one()
+        return int(count), oldest
+
+
+def _event_row(pk: str, key: str, event_id: str, event: InboundEvent, action: EventAction) -> dict[str, Any]:
+    return {
+        "pk": pk,
+        "event_id": event_id,
+        "user_id": event.id.replace("\x00", "\ufffd") or None,  # text holds no NUL
+        "dedupe_key": key,
+        "name": event.name,
+        "payload": event.as_json(),
+        "action": action.action,
+        "deployment": action.deployment,
+        "parameters": action.parameters,
+        "job_id": action.job_id,
+        "reason": action.reason,
+    }
+
+
+_TEXT_COLUMNS = (
+    "pk",
+    "event_id",
+    "user_id",
+    "dedupe_key",
+    "name",
+    "action",
+    "deployment",
+    "job_id",
+    "reason",
+)
+# One round trip for a whole group: the incoming rows as arrays, the dedupe keys claimed by the
+# first event of the group with each key (in key order, as two shims must lock them), then every
+# event inserted with its status: duplicate unless its own key claim went through.
+_POSTGRES_RECORD = sa.text(
+    """
+WITH incoming AS (
+    SELECT * FROM unnest(
+        CAST(:pk AS text[]), CAST(:event_id AS text[]), CAST(:user_id AS text[]),
+        CAST(:dedupe_key AS text[]), CAST(:name AS text[]), CAST(:payload AS text[]),
+        CAST(:action AS text[]), CAST(:deployment AS text[]), CAST(:parameters AS text[]),
+        CAST(:job_id AS text[]), CAST(:reason AS text[]), CAST(:claims AS boolean[])
+    ) WITH ORDINALITY AS t(pk, event_id, user_id, dedupe_key, name, payload, action, deployment,
+                           parameters, job_id, reason, claims, ord)
+),
+claimed AS (
+    INSERT INTO inngest_dedupe AS d (key, event_pk, expires_at)
+    SELECT dedupe_key, pk, CAST(:expires AS timestamp) FROM incoming WHERE claims ORDER BY dedupe_key
+    ON CONFLICT (key) DO UPDATE SET event_pk = excluded.event_pk, expires_at = excluded.expires_at
+    WHERE d.expires_at <= CAST(:now AS timestamp)
+    RETURNING d.event_pk
+),
+decided AS (
+    SELECT i.*, CASE WHEN c.event_pk IS NULL THEN 'duplicate'
+                     WHEN i.action = 'nothing' THEN 'done'
+                     ELSE 'pending' END AS status
+    FROM incoming i LEFT JOIN claimed c ON c.event_pk = i.pk
+)
+INSERT INTO inngest_event (pk, event_id, user_id, dedupe_key, name, payload, received_at, action,
+                           deployment, parameters, job_id, reason, status, attempts,
+                           next_attempt_at, done_at)
+SELECT pk, event_id, user_id, dedupe_key, name, CAST(payload AS json), CAST(:now AS timestamp),
+       action, deployment, CAST(parameters AS json), job_id, reason, status, 0,
+       CAST(:now AS timestamp),
+       CASE WHEN status = 'pending' THEN NULL ELSE CAST(:now AS timestamp) END
+FROM decided ORDER BY ord
+RETURNING pk, status
+"""
+)
 
 
 def open_outbox(shim: ShimSettings, app: Settings | None = None) -> EventOutbox:

@@ -40,10 +40,35 @@ class ShimSettings(BaseSettings):
         validation_alias=AliasChoices("POLIGRAPH_SHIM_SCHEMA", "schema_name"),
     )
     dedupe_hours: float = Field(default=24, gt=0)
+    # Where the dispatcher creates runs (the shim speaks Prefect's REST API itself: shim/prefect_api.py).
+    prefect_api_url: str = Field(
+        default="http://127.0.0.1:4200/api",
+        validation_alias=AliasChoices("PREFECT_API_URL", "prefect_api_url"),
+        description="Prefect's API (PREFECT_API_URL, as for every Prefect client).",
+    )
+    prefect_api_auth_string: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PREFECT_API_AUTH_STRING", "prefect_api_auth_string"),
+        description="user:password for a server with PREFECT_SERVER_API_AUTH_STRING (secret).",
+    )
+    prefect_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PREFECT_API_KEY", "prefect_api_key"),
+        description="Bearer key, for a server behind one (secret).",
+    )
     poll_seconds: float = Field(default=1.0, gt=0, description="Dispatcher idle poll interval.")
     max_backoff_seconds: float = Field(default=60.0, gt=0)
-    batch_size: int = Field(default=50, ge=1, description="Events handled per dispatcher pass.")
+    probe_seconds: float = Field(
+        default=2.0, gt=0, description="Longest wait between two health probes while Prefect is down."
+    )
+    batch_size: int = Field(default=200, ge=1, description="Events claimed per dispatcher pass.")
+    dispatch_concurrency: int = Field(
+        default=4, ge=1, description="Prefect requests in flight at once (each creates up to 100 runs)."
+    )
     prefect_timeout_seconds: float = Field(default=10.0, gt=0, description="Per Prefect API call.")
+    prefect_events: bool = Field(
+        default=True, description="Emit each event's fate as a Prefect event (Event Feed, Automations)."
+    )
     # Limits on what one client can make the Event API hold (README, "Limits and bad input").
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024,

@@ -34,6 +34,14 @@ inngest_event = sa.Table(
     sa.Column("flow_run_id", sa.String(36)),
     sa.Column("done_at", sa.DateTime),
     sa.Index("ix_inngest_event_pending", "status", "next_attempt_at"),
+    # pending events in arrival order (the dispatcher's claims, the oldest-pending metric)
+    sa.Index(
+        "ix_inngest_event_pending_order",
+        "received_at",
+        "pk",
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
+    ),
 )
 
 inngest_dedupe = sa.Table(

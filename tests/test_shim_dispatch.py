@@ -23,7 +23,7 @@ from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import deployment_specs
 from scripts.serve import runner_deployment
-from shim.dispatcher import Dispatcher
+from shim.dispatcher import Dispatcher, idempotency_key
 from shim.outbox import open_outbox
 from shim.settings import ShimSettings
 from support.polling import run_async, wait_for
@@ -149,7 +149,7 @@ def test_prefect_faults_postpone_events_and_lose_nothing(outbox, shim_settings, 
         ids = dev_client(url).send_sync([inngest.Event(name="sync/alpha"), inngest.Event(name="sync/pair")])
         dispatcher: Dispatcher = app.state.dispatcher
         with respx.mock(assert_all_called=False) as router:
-            route = router.post(url__regex=r".*/create_flow_run$").mock(side_effect=[fault] * 50)
+            route = router.post(url__regex=r".*/create_flow_run(/bulk)?$").mock(side_effect=[fault] * 50)
             router.route().pass_through()
             dispatcher.dispatch_due()
             assert route.called
@@ -170,8 +170,11 @@ def test_a_run_created_before_a_crash_is_found_again_not_duplicated(outbox, shim
         dev_client(url).send_sync(inngest.Event(name="sync/alpha"))
         dispatcher: Dispatcher = app.state.dispatcher
         (row,) = outbox.events()
-        with get_client(sync_client=True) as client:
-            first = dispatcher._create_run(client, row)  # what happened before the crash
+        with get_client(sync_client=True) as client:  # what happened before the crash
+            deployment = client.read_deployment_by_name(row["deployment"])
+            first = client.create_flow_run_from_deployment(
+                deployment.id, parameters=row["parameters"], idempotency_key=idempotency_key(row)
+            ).id
         drain(dispatcher, outbox)
     (row,) = outbox.events()
     assert row["status"] == "done" and row["flow_run_id"] == str(first)

@@ -24,9 +24,17 @@ from support.polling import run_async, wait_for
 from support.ports import free_port
 from support.prefect_server import start_prefect_server
 from support.processes import stop_process_group
-from support.shim import start_shim_process
+from support.shim import shim_metric, start_shim_process
 
 pytestmark = pytest.mark.slow
+
+
+def prefect_up(port: int) -> float:
+    return shim_metric(port, "poligraph_shim_prefect_up")
+
+
+def probes(port: int) -> float:
+    return shim_metric(port, "poligraph_shim_prefect_probes_total")
 
 
 def send(port: int, count: int, offset: int) -> list[str]:
@@ -61,11 +69,19 @@ def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, sync
         stop_process_group(server)  # Prefect goes away
         during = send(shim_port, 5, 100)
         assert len(during) == 5  # still accepted: the outbox holds them
+        # Tried once, then the dispatcher only probes Prefect's health: no event is walked
+        # through a timeout again while it is down.
         wait_for(
-            lambda: all(r["attempts"] >= 2 for r in outbox.events() if r["event_id"] in during),
+            lambda: (
+                all(r["attempts"] >= 1 for r in outbox.events() if r["event_id"] in during)
+                and prefect_up(shim_port) == 0
+            ),
             timeout=60,
-            what="retries against the stopped server",
+            what="an attempt against the stopped server",
         )
+        attempts = {r["pk"]: r["attempts"] for r in outbox.events() if r["event_id"] in during}
+        wait_for(lambda: probes(shim_port) >= 3, timeout=30, what="a few health probes")
+        assert {r["pk"]: r["attempts"] for r in outbox.events() if r["event_id"] in during} == attempts
         assert outbox.pending_count() == 5
 
         server = start_prefect_server(prefect_port, home, "outage-prefect.log")  # back

@@ -64,6 +64,18 @@ def shim_healthy(port: int) -> bool:
         return False
 
 
+def shim_metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample of the shim's /metrics (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and (labels or {}).items() <= sample.labels.items():
+                return float(sample.value)
+    return 0.0
+
+
 def start_shim_process(env: dict[str, str], port: int, log_name: str) -> subprocess.Popen[bytes]:
     """`python -m shim` on `port` in its own session; returns once it answers /health."""
     log_path = STATE / log_name
