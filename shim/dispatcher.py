@@ -44,7 +44,6 @@ from shim.prefect_api import (
     PrefectDown,
     PrefectError,
     RunRequest,
-    RunResult,
 )
 from shim.settings import ShimSettings
 
@@ -52,6 +51,9 @@ log = logging.getLogger("poligraph.shim.dispatcher")
 _PERMANENT_HTTP = {400, 403, 409, 422}  # Prefect refused these parameters: retrying won't help
 # Per-run refusals of the bulk endpoint that no retry changes (the parameters broke the schema).
 _PERMANENT_RUN_ERRORS = ("Parameter validation failed", "Parameter schema enforcement", "Invalid schema")
+# Per-run errors of the bulk endpoint that say "the database was busy" (a run that failed on
+# Prefect's SQLite lock): the whole server is busy, not this event.
+_BUSY_RUN_ERRORS = ("database is locked", "OperationalError", "DBAPIError", "Service Unavailable")
 EMIT_BATCH = 500  # Prefect events per POST /events
 EMIT_INTERVAL = 0.5  # seconds between two looks at the queue of Prefect events
 T = TypeVar("T")
@@ -78,6 +80,11 @@ class PrefectGate:
         self._busy_delay = 0.0
         self._probe_delay = 0.0
         self._next_probe = 0.0
+        # Requests in flight at once, adapted: halved when Prefect says it is busy, one more after
+        # each request that went through, up to `dispatch_concurrency`. Prefect on SQLite takes
+        # one writer at a time (concurrent bulk requests fail each other); on PostgreSQL the
+        # limit is reached and stays.
+        self.concurrency = float(settings.dispatch_concurrency)
 
     def open(self) -> bool:
         return self.up and time.monotonic() >= self.not_before
@@ -89,6 +96,7 @@ class PrefectGate:
 
     def ok(self) -> None:
         self._busy_delay = 0.0
+        self.concurrency = min(float(self.settings.dispatch_concurrency), self.concurrency + 1)
         if not self.up:
             log.info("Prefect is reachable again")
         self.up = True
@@ -98,6 +106,7 @@ class PrefectGate:
     def busy(self, retry_after: float | None) -> None:
         """429/503: every request waits the Retry-After, else 0.1 s doubling up to 5 s."""
         self._busy_delay = min(5.0, max(0.1, self._busy_delay * 2))
+        self.concurrency = max(1.0, self.concurrency / 2)
         delay = retry_after if retry_after is not None else self._busy_delay
         self.not_before = max(
             self.not_before, time.monotonic() + min(delay, self.settings.max_backoff_seconds)
@@ -289,12 +298,13 @@ class Dispatcher:
             for group in by_deployment.values()
             for i in range(0, len(group), BULK_LIMIT)
         ]
-        slots = asyncio.Semaphore(self.settings.dispatch_concurrency)
+        width = int(self.gate.concurrency)
+        slots = asyncio.Semaphore(width)
 
         async def create(index: int, chunk: list[dict[str, Any]]) -> list[Outcome]:
             async with slots:
                 # the first wave always goes; later requests only while Prefect is fine
-                if index >= self.settings.dispatch_concurrency and not self.gate.open():
+                if index >= width and not self.gate.open():
                     return []  # untouched: still pending, due, and unlocked at commit
                 return await self._create_chunk(chunk)
 
@@ -325,22 +335,36 @@ class Dispatcher:
             return self._retry_later(rows, exc, "error")
         finally:
             self.metrics.prefect_request_seconds.observe(api.last_call_seconds)
-        self.gate.ok()
-        return [self._created(row, result, deployment_id) for row, result in zip(rows, results, strict=True)]
+        outcomes: list[Outcome] = []
+        busy: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for row, result in zip(rows, results, strict=True):
+            error = result.error or ""
+            if result.flow_run_id is not None:
+                outcomes.append(self._created(row, result.flow_run_id, deployment_id))
+            elif error.startswith(_PERMANENT_RUN_ERRORS):
+                outcomes.append(self._refused(row, f"Prefect refused the run of {name}: {error}"))
+            elif any(marker in error for marker in _BUSY_RUN_ERRORS):
+                busy.append(row)
+            else:
+                failed.append(row)
+        if busy:  # Prefect's database was busy for these: the server is, not the events
+            self.gate.busy(None)
+            locked = RuntimeError(_first_error(results, busy, rows))
+            outcomes.extend(self._retry_when_open(busy, locked, "busy"))
+        else:
+            self.gate.ok()
+        if failed:
+            refused = RuntimeError(_first_error(results, failed, rows))
+            outcomes.extend(self._retry_later(failed, refused, "error"))
+        return outcomes
 
-    def _created(self, row: dict[str, Any], result: RunResult, deployment_id: str | None) -> Outcome:
-        if result.flow_run_id is None:
-            error = result.error or "not created"
-            if error.startswith(_PERMANENT_RUN_ERRORS):
-                return self._refused(row, f"Prefect refused the run of {row['deployment']}: {error}")
-            return self._retry_later([row], RuntimeError(error), "error")[0]
+    def _created(self, row: dict[str, Any], flow_run_id: str, deployment_id: str | None) -> Outcome:
         self.metrics.dispatch_attempts.labels("created").inc()
         self.metrics.dispatch_latency.observe(max(0.0, (utcnow() - row["received_at"]).total_seconds()))
-        self.announcer.dispatched(
-            row["event_id"], row["name"], row["deployment"], deployment_id, result.flow_run_id
-        )
-        log.info("event %s (%s) -> flow run %s", row["event_id"], row["name"], result.flow_run_id)
-        return Outcome(row["pk"], DONE, flow_run_id=result.flow_run_id)
+        self.announcer.dispatched(row["event_id"], row["name"], row["deployment"], deployment_id, flow_run_id)
+        log.info("event %s (%s) -> flow run %s", row["event_id"], row["name"], flow_run_id)
+        return Outcome(row["pk"], DONE, flow_run_id=flow_run_id)
 
     def _refused(self, row: dict[str, Any], reason: str) -> Outcome:
         self._fail_job(row["job_id"], reason)
@@ -394,3 +418,7 @@ class Dispatcher:
 
 def _later(now: datetime, seconds: float) -> datetime:
     return now + timedelta(seconds=seconds)
+
+
+def _first_error(results: list[Any], some: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+    return str(results[rows.index(some[0])].error or "not created")[:2000]

@@ -1,0 +1,341 @@
+"""What the benchmarks start and how they report: processes in temporary directories (nothing is
+written into the repository), a durable PostgreSQL, a Prefect server with the local stack's
+settings, the shim, serve; interleaved rounds summarised as min / median / max.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # tests/support: the PostgreSQL binaries and their user
+
+from support.pg_cluster import (  # noqa: E402
+    DB_NAME,
+    SUPERUSER,
+    _run,
+    _run_as_kwargs,
+    _wait_ready,
+    apply_sql,
+    find_pg_bindir,
+)
+
+from scripts.prefect_server_env import prefect_server_environment  # noqa: E402
+
+T = TypeVar("T")
+WORK = Path(tempfile.mkdtemp(prefix="poligraph-bench-"))
+KEY = "bench-event-key"
+NOOP_SCRIPT = REPO / "bench" / "noop_script.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total // 2**30} GiB, "
+        f"Python {platform.python_version()}, load average {psutil.getloadavg()[0]:.1f}"
+    )
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --- figures -----------------------------------------------------------------------------------
+@dataclass
+class Series:
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def summary(self, fmt: str = "{:.3f}") -> str:
+        if not self.values:
+            return "-"
+        return " / ".join(fmt.format(v) for v in (min(self.values), self.median, max(self.values)))
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    unit: str
+    baseline_name: str
+    goal: str
+    baseline: Series = field(default_factory=Series)
+    ours: Series = field(default_factory=Series)
+    fmt: str = "{:.3f}"
+    higher_is_better: bool = False
+    ratio_of: Callable[[Figure], float] | None = None
+    passes: Callable[[Figure], bool] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        if self.ratio_of:
+            return self.ratio_of(self)
+        return self.ours.median / self.baseline.median if self.baseline.values else float("nan")
+
+    @property
+    def met(self) -> bool:
+        return bool(self.passes and self.passes(self))
+
+    def line(self) -> str:
+        return (
+            f"{self.key} {self.title} ({self.unit}): baseline [{self.baseline_name}] "
+            f"{self.baseline.summary(self.fmt)}; ours {self.ours.summary(self.fmt)}; "
+            f"ratio {self.ratio:.2f}; goal {self.goal}: {'MET' if self.met else 'NOT MET'}"
+        )
+
+
+def print_table(figures: list[Figure]) -> None:
+    print("\n| Figure | Baseline (min / median / max) | Ours (min / median / max) | Ratio | Goal | |")
+    print("|---|---|---|---|---|---|")
+    for f in figures:
+        print(
+            f"| {f.key} {f.title} ({f.unit}) | {f.baseline_name}: {f.baseline.summary(f.fmt)} "
+            f"| {f.ours.summary(f.fmt)} | {f.ratio:.2f} | {f.goal} | {'met' if f.met else '**not met**'} |"
+        )
+        for note in f.notes:
+            print(f"|   ↳ {note} | | | | | |")
+
+
+# --- processes ---------------------------------------------------------------------------------
+def spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        args,
+        env=env,
+        cwd=cwd,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def base_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "POLIGRAPH_"))}
+    env.pop("DATABASE_URL", None)
+    env.update(
+        POLIGRAPH_HOME=str(home),
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        POLIGRAPH_SCRIPT_COMMAND=f"{{python}} -I -S {NOOP_SCRIPT} {{script}}",
+        BENCH_STARTS=str(home / "starts"),
+        POLIGRAPH_PREFECT_DATABASE_URL="sqlite",
+    )
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    (home / "starts").mkdir(parents=True, exist_ok=True)
+    return env
+
+
+@contextmanager
+def durable_postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL as production runs it: fsync and synchronous commits on (the test
+    helper turns them off for speed). Yields a SQLAlchemy URL with the SyncJob table."""
+    bindir = find_pg_bindir()
+    tmp = Path(tempfile.mkdtemp(prefix="poligraph-bench-pg-"))  # postgres must reach it
+    run_as = _run_as_kwargs(tmp)
+    sock = tmp / "sock"
+    sock.mkdir()
+    if "user" in run_as:
+        for path in (tmp, sock):
+            os.chown(path, run_as["user"], run_as["group"])
+    data = tmp / "data"
+    _run(
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            SUPERUSER,
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ],
+        run_as,
+        "initdb",
+    )
+    port = free_port()
+    log = tmp / "server.log"
+    server = subprocess.Popen(
+        [
+            str(bindir / "postgres"),
+            "-D", str(data),
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", f"port={port}",
+            "-c", f"unix_socket_directories={sock}",
+            "-c", "max_connections=200",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        **run_as,
+    )  # fmt: skip
+    try:
+        _wait_ready(server, port, log)
+        import psycopg
+
+        with psycopg.connect(
+            host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", autocommit=True
+        ) as c:
+            c.execute(f'CREATE DATABASE "{DB_NAME}"'.encode())
+        url = f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/{DB_NAME}"
+        apply_sql(url, REPO / "tests" / "sql" / "syncjob.sql")
+        yield url
+    finally:
+        subprocess.run(
+            [str(bindir / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w"],
+            capture_output=True,
+            check=False,
+            **run_as,
+        )
+        server.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def create_database(pg_url: str, name: str) -> str:
+    """A new database on the bench's PostgreSQL, as an asyncpg URL for Prefect's server."""
+    import psycopg
+
+    admin = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    return admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+
+
+@dataclass
+class PrefectServer:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@contextmanager
+def prefect_server(
+    home: Path, database_url: str | None = None, extra: dict[str, str] | None = None
+) -> Iterator[PrefectServer]:
+    """`prefect server start` with the local stack's server environment (scripts/prefect_server_env)."""
+    port = free_port()
+    env = base_env(home)
+    if database_url:
+        env["POLIGRAPH_PREFECT_DATABASE_URL"] = database_url
+    env = prefect_server_environment(env | (extra or {}))
+    log = home / f"prefect-{port}.log"
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+        ],
+        env,
+        log,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_until(
+            lambda: proc.poll() is None and answers(f"{url}/health") or _dead(proc, log), 120, "Prefect"
+        )
+        yield PrefectServer(url, proc, log)
+    finally:
+        stop(proc, 30)
+
+
+def _dead(proc: subprocess.Popen[bytes], log: Path) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"process exited {proc.returncode}: {log.read_text()[-3000:]}")
+    return False
+
+
+@contextmanager
+def shim(env: dict[str, str], name: str = "shim") -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    log = Path(env["POLIGRAPH_HOME"]) / f"{name}-{port}.log"
+    proc = spawn([sys.executable, "-m", "shim"], {**env, "POLIGRAPH_SHIM_PORT": str(port)}, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: answers(f"{url}/health") or _dead(proc, log), 60, "the shim")
+        yield url, proc
+    finally:
+        stop(proc)
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20

@@ -1,0 +1,75 @@
+"""The environment of the local stack's Prefect server (`make up`), in one place.
+
+    prefect_server_environment(env)  ->  the settings the server process gets
+
+Why each setting is there is measured in docs/prefect.md ("Server under bursts"); the benchmark
+(`make bench`, P5) runs the server with exactly this environment.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from deployments.settings import get_settings
+from deployments.syncjob import sqlalchemy_url
+
+# Server settings for SQLite (the default) and PostgreSQL alike.
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # A queued run of a busy deployment re-checks its slot every 5 s, not 30 s.
+    "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
+}
+# SQLite only: one writer at a time, and a transaction that read before writing fails at once
+# ("database is locked", 503) when another wrote in between, whatever the busy timeout. The
+# late-runs service writes one transaction per unstarted run, ten at a time, every 5 s: under a
+# burst it is most of the writers. Without it a run that has not started shows "Scheduled" with
+# its time in the past instead of "Late"; nothing else changes (runners take both).
+SQLITE_SETTINGS = {
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+    # Events (each run's state changes, the shim's event feed) are written 20 at a time by
+    # default: one more writer every 20 events. 500 at a time, within the same 5 s flush.
+    "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
+}
+
+
+def prefect_database_url(env: dict[str, str]) -> str | None:
+    """The local stack's Prefect database on PostgreSQL, or None for SQLite under PREFECT_HOME.
+
+    POLIGRAPH_PREFECT_DATABASE_URL wins ("sqlite" forces SQLite). Otherwise, when the app's
+    DATABASE_URL is a PostgreSQL, the server gets a database of its own next to it:
+    `<app database>_prefect`, created when missing."""
+    explicit = env.get("POLIGRAPH_PREFECT_DATABASE_URL")
+    if explicit:
+        return None if explicit == "sqlite" else explicit
+    app_database_url = env.get("DATABASE_URL") or get_settings().database_url  # or from .env
+    if not app_database_url or not sqlalchemy_url(app_database_url).startswith("postgresql"):
+        return None
+    url = make_url(sqlalchemy_url(app_database_url))
+    name = f"{url.database}_prefect"
+    ensure_database(url.set(drivername="postgresql").render_as_string(hide_password=False), name)
+    return url.set(drivername="postgresql+asyncpg", database=name, query={}).render_as_string(
+        hide_password=False
+    )
+
+
+def ensure_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+
+
+def prefect_server_environment(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the local stack's Prefect server settings (anything already set wins)."""
+    env = dict(env)
+    for name, value in SERVER_SETTINGS.items():
+        env.setdefault(name, value)
+    if "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env:
+        database_url = prefect_database_url(env)
+        if database_url:
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    if not env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "").startswith("postgresql"):
+        for name, value in SQLITE_SETTINGS.items():
+            env.setdefault(name, value)
+    return env
