@@ -2,10 +2,12 @@
 
     .venv/bin/python -m bench.burst [--events 10000] [--rounds 2] [--prefect-db sqlite|postgres|both]
 
-Each measurement gets a fresh Prefect server (the local stack's settings; a fresh database), so
-that both sides see the same database size. The baseline creates the runs directly with
-Prefect's async client, one `create_flow_run_from_deployment` per run, at the better of 1 and 4
-requests at once. Ours sends the burst to a `python -m shim` (key mode, outbox on a durable
+Each measurement gets a fresh Prefect server (the local stack's settings; a fresh database). The
+baseline creates runs directly with Prefect's async client, one `create_flow_run_from_deployment`
+per run (a 503 that outlives the client's own retries is sent again), at the better of 1 and 4
+requests at once, over the first `--raw-sample` runs only: the rate of a fresh, small database,
+which overstates the raw rate of a whole burst (creates slow down as the database grows), so
+the ratio errs against the shim. Ours sends the burst to a `python -m shim` (key mode, outbox on a durable
 PostgreSQL), 50 events per request, and counts until the outbox has no pending event. Both spread
 the runs over the same five deployments, registered but not served (the runs stay Scheduled, as
 they would behind a busy serve). Afterwards every event must have exactly one run.
@@ -18,7 +20,6 @@ import asyncio
 import json
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -60,6 +61,7 @@ async def register(api_url: str) -> dict[str, str]:
 async def raw_creates(api_url: str, deployments: dict[str, str], count: int, concurrency: int) -> float:
     """Seconds for `count` runs created one request each, `concurrency` at a time."""
     from prefect.client.orchestration import PrefectClient
+    from prefect.exceptions import PrefectHTTPStatusError
 
     slots = asyncio.Semaphore(concurrency)
     names = list(deployments)
@@ -67,12 +69,18 @@ async def raw_creates(api_url: str, deployments: dict[str, str], count: int, con
 
         async def one(i: int) -> None:
             async with slots:
-                await client.create_flow_run_from_deployment(
-                    uuid.UUID(deployments[names[i % len(names)]]),
-                    parameters={"limit": i + 1},
-                    idempotency_key=f"bench-raw-{i}",
-                    tags=["bench-raw"],
-                )
+                while True:  # as any client must: a 503 that outlived the client's retries, again
+                    try:
+                        await client.create_flow_run_from_deployment(
+                            uuid.UUID(deployments[names[i % len(names)]]),
+                            parameters={"limit": i + 1},
+                            idempotency_key=f"bench-raw-{i}",
+                            tags=["bench-raw"],
+                        )
+                        return
+                    except PrefectHTTPStatusError as exc:
+                        if exc.response.status_code != 503:
+                            raise
 
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(count)))
@@ -192,13 +200,13 @@ def _metric(url: str, sample: str) -> float:
     return 0.0
 
 
-def burst_figure(pg_url: str, prefect_db: str, count: int, rounds: int) -> Figure:
+def burst_figure(pg_url: str, prefect_db: str, count: int, rounds: int, raw_sample: int) -> Figure:
     label = "Prefect on SQLite (default stack)" if prefect_db == "sqlite" else "Prefect on PostgreSQL"
     figure = Figure(
         key="P5",
         title=f"burst of {count:,} events → flow runs, {label}",
         unit="runs/s",
-        baseline_name="raw creates, best of 1 and 4 at once",
+        baseline_name=f"raw creates, best of 1 and 4 at once, first {min(count, raw_sample):,} runs",
         goal="≥ 0.8×, 0 lost, 0 duplicated",
         fmt="{:.1f}",
         higher_is_better=True,
@@ -208,7 +216,7 @@ def burst_figure(pg_url: str, prefect_db: str, count: int, rounds: int) -> Figur
         order = ["raw", "shim"] if round_no % 2 == 0 else ["shim", "raw"]
         for side in order:
             if side == "raw":
-                rate = max(measure_raw(pg_url, prefect_db, count, c) for c in (1, 4))
+                rate = max(measure_raw(pg_url, prefect_db, min(count, raw_sample), c) for c in (1, 4))
                 figure.baseline.add(rate)
             else:
                 figure.ours.add(measure_shim(pg_url, prefect_db, count, notes))
@@ -232,11 +240,17 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--prefect-db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--raw-sample",
+        type=int,
+        default=2000,
+        help="runs the baseline creates (its rate falls as the database grows)",
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}")
     kinds = ["sqlite", "postgres"] if args.prefect_db == "both" else [args.prefect_db]
     with durable_postgres() as pg_url:
-        figures = [burst_figure(pg_url, kind, args.events, args.rounds) for kind in kinds]
+        figures = [burst_figure(pg_url, kind, args.events, args.rounds, args.raw_sample) for kind in kinds]
     print_table(figures)
 
 

@@ -28,6 +28,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # tests/support: the PostgreSQL binaries and their user
 
+from scripts.prefect_settings import server_environment  # noqa: E402
 from support.pg_cluster import (  # noqa: E402
     DB_NAME,
     SUPERUSER,
@@ -37,8 +38,6 @@ from support.pg_cluster import (  # noqa: E402
     apply_sql,
     find_pg_bindir,
 )
-
-from scripts.prefect_server_env import prefect_server_environment  # noqa: E402
 
 T = TypeVar("T")
 WORK = Path(tempfile.mkdtemp(prefix="poligraph-bench-"))
@@ -281,12 +280,12 @@ class PrefectServer:
 def prefect_server(
     home: Path, database_url: str | None = None, extra: dict[str, str] | None = None
 ) -> Iterator[PrefectServer]:
-    """`prefect server start` with the local stack's server environment (scripts/prefect_server_env)."""
+    """`prefect server start` with the local stack's server environment (scripts/prefect_settings)."""
     port = free_port()
     env = base_env(home)
     if database_url:
         env["POLIGRAPH_PREFECT_DATABASE_URL"] = database_url
-    env = prefect_server_environment(env | (extra or {}))
+    env = server_environment(env | (extra or {}))
     log = home / f"prefect-{port}.log"
     proc = spawn(
         [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterDeploymentId,
@@ -19,7 +19,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.runtime import flow_run
+from prefect.context import FlowRunContext
 
 from deployments.settings import get_settings
 
@@ -47,32 +47,38 @@ def original_slot(client: SyncPrefectClient, run: FlowRun) -> datetime | None:
 
 
 def missed_slot_reason(now: datetime | None = None) -> str | None:
-    """Why this run must not do its work, or None when it should."""
+    """Why this run must not do its work, or None when it should.
+
+    The engine's own copy of the run (read after it became Running) says whether it was
+    scheduled: a run created by an event or by hand costs no API call here; a scheduled one
+    asks through the engine's client."""
     now = now or datetime.now(UTC)
-    with get_client(sync_client=True) as client:
-        me = client.read_flow_run(flow_run.id)
-        if not is_scheduled(me) or me.deployment_id is None:
-            return None
-        if me.run_count > 1:  # a retry of a run that already started: not a missed slot
-            return None
-        mine = original_slot(client, me)
-        if mine is None:
-            return None
-        # expected start times only move later, so every newer slot is among these
-        candidates = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                deployment_id=FlowRunFilterDeploymentId(any_=[me.deployment_id]),
-                expected_start_time=FlowRunFilterExpectedStartTime(after_=mine),
-                id=FlowRunFilterId(not_any_=[me.id]),
-            ),
-            limit=50,
-        )
-        newer = [
-            slot
-            for run in candidates
-            if is_scheduled(run)
-            if (slot := original_slot(client, run)) is not None and mine < slot <= now
-        ]
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or not isinstance(context.client, SyncPrefectClient):
+        return None  # not inside a served or deployed run (a test calling the function itself)
+    me, client = context.flow_run, context.client
+    if not is_scheduled(me) or me.deployment_id is None:
+        return None
+    if me.run_count > 1:  # a retry of a run that already started: not a missed slot
+        return None
+    mine = original_slot(client, me)
+    if mine is None:
+        return None
+    # expected start times only move later, so every newer slot is among these
+    candidates = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            deployment_id=FlowRunFilterDeploymentId(any_=[me.deployment_id]),
+            expected_start_time=FlowRunFilterExpectedStartTime(after_=mine),
+            id=FlowRunFilterId(not_any_=[me.id]),
+        ),
+        limit=50,
+    )
+    newer = [
+        slot
+        for run in candidates
+        if is_scheduled(run)
+        if (slot := original_slot(client, run)) is not None and mine < slot <= now
+    ]
     if newer:
         return f"slot {mine.isoformat()} superseded by the newer missed slot {max(newer).isoformat()}"
     window = timedelta(seconds=get_settings().catch_up_window_seconds)

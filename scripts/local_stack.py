@@ -1,4 +1,5 @@
-"""Run everything on one machine, supervised: a Prefect server (SQLite, UI), every deployment
+"""Run everything on one machine, supervised: a Prefect server (UI; SQLite, or a PostgreSQL
+database of its own when DATABASE_URL is a PostgreSQL: scripts/prefect_settings.py), every deployment
 served (`python -m scripts.serve`), and the Inngest-compatible Event API (`python -m shim`).
 
     python -m scripts.local_stack          (what `make up` runs)
@@ -30,6 +31,7 @@ from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import deployment_specs
 from scripts.limits import DISK_LEASES
+from scripts.prefect_settings import runner_environment, server_environment
 from scripts.readiness import Readiness, StackProbe
 from scripts.supervisor import Backoff, ChildSpec, Supervisor
 from shim.settings import ShimSettings
@@ -65,11 +67,6 @@ def stack_environment(port: int) -> dict[str, str]:
     env.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
     os.makedirs(env["PREFECT_HOME"], exist_ok=True)
     env["PREFECT_API_URL"] = f"http://{HOST}:{port}/api"
-    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Poll for new runs every second so a run starts within about 2 s of being created.
-    env.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
-    # A queued run of a busy deployment re-checks its slot every 5 s, not 30 s.
-    env.setdefault("PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS", "5")
     # The supervisor restarts a dead server: slot leases on disk survive that (in memory, a step
     # holding its script's slot across the restart would leave the slot taken for good).
     env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", DISK_LEASES)
@@ -77,7 +74,8 @@ def stack_environment(port: int) -> dict[str, str]:
     # Pending or Cancelling is ended after 30 s rather than 60 (its queued successors wait for it).
     env.setdefault("POLIGRAPH_STUCK_RUN_SECONDS", "30")
     env["PYTHONUNBUFFERED"] = "1"  # children's lines reach the terminal as they are written
-    return env
+    # The Prefect settings of the stack (server and runner) live in scripts/prefect_settings.py.
+    return runner_environment(server_environment(env))
 
 
 def children(env: dict[str, str], port: int, probe: StackProbe) -> list[ChildSpec]:

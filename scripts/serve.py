@@ -4,38 +4,43 @@
 
 Runs execute in subprocesses of this one. `limit` is explicit (None would mean unlimited) and
 `pause_on_shutdown=False` keeps the crons active across restarts (docs/prefect.md, "serve").
+
+Imports are inside the functions: Prefect starts each flow run with multiprocessing's "spawn",
+which imports this module again in the new process (as `__mp_main__`) before the flow's own.
+What is imported here is paid by every run (docs/prefect.md, "Flow start").
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from prefect import serve
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.deployments.runner import RunnerDeployment
-from prefect.schedules import Cron
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
 
-from deployments.catalog import get_catalog
-from deployments.settings import get_settings
-from deployments.specs import DEPLOYMENT_CONCURRENCY, DeploymentSpec, deployment_specs
-from scripts.limits import ensure_script_limits
-from scripts.reconcile import Reconciler
-from scripts.run_forms import flow_of, with_run_form
-
-ONE_AT_A_TIME = ConcurrencyLimitConfig(
-    limit=DEPLOYMENT_CONCURRENCY["limit"],
-    collision_strategy=ConcurrencyLimitStrategy(DEPLOYMENT_CONCURRENCY["collision_strategy"]),
-)
+    from deployments.specs import DeploymentSpec
 
 
 def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
     """The deployment as served, with the same description and run form as `prefect deploy`'s."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.schedules import Cron
+
+    from deployments.catalog import get_catalog
+    from deployments.specs import DEPLOYMENT_CONCURRENCY
+    from scripts.run_forms import flow_of, with_run_form
+
+    one_at_a_time = ConcurrencyLimitConfig(
+        limit=DEPLOYMENT_CONCURRENCY["limit"],
+        collision_strategy=ConcurrencyLimitStrategy(DEPLOYMENT_CONCURRENCY["collision_strategy"]),
+    )
     deployment = flow_of(spec).to_deployment(
         name=spec.name,
         description=spec.description,
         parameters=spec.parameters,
         tags=spec.tags,
-        concurrency_limit=ONE_AT_A_TIME,
+        concurrency_limit=one_at_a_time,
         schedules=[Cron(s.cron, timezone=s.timezone, slug=s.slug) for s in spec.schedules],
     )
     assert isinstance(deployment, RunnerDeployment)  # called from sync code: not a coroutine
@@ -43,6 +48,14 @@ def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
 
 
 def main() -> None:
+    from prefect import serve
+
+    from deployments.catalog import get_catalog
+    from deployments.settings import get_settings
+    from deployments.specs import deployment_specs
+    from scripts.limits import ensure_script_limits
+    from scripts.reconcile import Reconciler
+
     catalog = get_catalog()
     asyncio.run(ensure_script_limits(catalog))
     deployments = [runner_deployment(spec) for spec in deployment_specs(catalog)]

@@ -1,20 +1,20 @@
-"""Each event's fate as a Prefect event, so that it shows in Prefect's Event Feed and can drive
-Automations (docs/prefect.md, "Events"):
+"""Each event's fate as one Prefect event, so that it shows in Prefect's Event Feed and can drive
+Automations (docs/prefect.md, "Events"); the resource is `inngest.event.<id>`:
 
-    inngest.event.accepted     stored; a run will be created      resource inngest.event.<id>
-    inngest.event.duplicate    its id was seen within the window  resource inngest.event.<id>
-    inngest.event.refused      stored, starts no run (reason)     resource inngest.event.<id>
-    inngest.event.dispatched   its flow run exists                related flow-run and deployment
-    inngest.event.failed       Prefect refused its run (reason)
-    inngest.request.refused    a whole request refused (400, 401, 413, 503...): nothing stored,
-                               no event id; resource inngest.request.<uuid>
+    inngest.event.accepted     its flow run was created; related: the flow run, the deployment
+    inngest.event.duplicate    its id was seen within the dedupe window: no run
+    inngest.event.refused      no run (reason: no flow handles it, bad data, or Prefect refused
+                               the run's parameters)
+    inngest.request.refused    a whole request refused (400, 401, 408, 413, 503): nothing stored,
+                               no event id; resource inngest.request.<uuid>, status and error
 
-Best effort, and never on the request's path: intake only appends a small dict to a bounded
-queue (MAX_QUEUED); the dispatcher's loop sends them in batches. While Prefect is unreachable
-they wait in that queue and go out when it is back; past MAX_QUEUED the oldest are dropped,
-counted, and logged once per batch of drops. The outbox, not this feed, is the record of what was
-received. Prefect event ids are derived from the Inngest id and the kind (uuid5), so an event
-sent twice is one event.
+Best effort, and never on the request's path: intake and the dispatcher only append a small dict
+to a bounded queue (MAX_QUEUED); the dispatcher's loop sends them in batches when no backlog
+waits for its runs (on Prefect's SQLite each batch means writes competing with the runs'
+creation). While Prefect is unreachable they wait in the queue and go out when it is back; past
+MAX_QUEUED the oldest are dropped, counted (`poligraph_shim_prefect_events_total{result=
+"dropped"}`) and logged. The outbox, not this feed, is the record of what was received. Prefect
+event ids are derived from the Inngest id and the kind (uuid5): an event sent twice is one event.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shim.events import InboundEvent
-from shim.mapping import EventAction
+from shim.mapping import RUN, EventAction
 from shim.text import printable
 
-MAX_QUEUED = 10_000
+MAX_QUEUED = 20_000  # ~1 KB each: a 10,000-event burst fits
 _NAMESPACE = uuid.UUID("0d6c7d4e-6f3a-4c55-9a58-7f1d2b9e4a31")  # this shim's Prefect event ids
 MAX_TEXT = 500  # characters of an event name or a reason in a Prefect event
 
@@ -83,6 +83,10 @@ class Announcer:
 
     # --- what happens to events -------------------------------------------------------------
     def event_stored(self, event_id: str, event: InboundEvent, action: EventAction, outcome: str) -> None:
+        """A stored event that starts no run (duplicate, refused); accepted ones are announced
+        with their run, by `run_created`."""
+        if outcome == "accepted":
+            return
         payload: dict[str, Any] = {"name": printable(event.name, MAX_TEXT), "action": action.action}
         if action.job_id:
             payload["jobId"] = action.job_id
@@ -92,25 +96,31 @@ class Announcer:
             payload["reason"] = printable(action.reason, MAX_TEXT)
         self._put(self._event(f"inngest.event.{outcome}", event_id, event.name, payload))
 
-    def dispatched(
-        self, event_id: str, name: str, deployment: str, deployment_id: str | None, flow_run_id: str
-    ) -> None:
-        related = [
-            {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}
-        ]
+    def run_created(self, row: dict[str, Any], deployment_id: str | None, flow_run_id: str) -> None:
+        """An event's flow run exists (`row`: the event's outbox row)."""
+        related = [_related("flow-run", flow_run_id)]
         if deployment_id:
-            related.append(
-                {
-                    "prefect.resource.id": f"prefect.deployment.{deployment_id}",
-                    "prefect.resource.role": "deployment",
-                }
-            )
-        payload = {"name": name, "deployment": deployment, "flowRunId": flow_run_id}
-        self._put(self._event("inngest.event.dispatched", event_id, name, payload, related))
+            related.append(_related("deployment", deployment_id))
+        payload = {
+            "name": row["name"],
+            "action": RUN,
+            "deployment": row["deployment"],
+            "flowRunId": flow_run_id,
+        }
+        if row["job_id"]:
+            payload["jobId"] = row["job_id"]
+        self._put(self._event("inngest.event.accepted", row["event_id"], row["name"], payload, related))
 
-    def failed(self, event_id: str, name: str, deployment: str, reason: str) -> None:
-        payload = {"name": name, "deployment": deployment, "reason": printable(reason, MAX_TEXT)}
-        self._put(self._event("inngest.event.failed", event_id, name, payload))
+    def run_refused(self, row: dict[str, Any], reason: str) -> None:
+        """Prefect refused the run of a stored event (its parameters broke the deployment's schema)."""
+        payload = {
+            "name": row["name"],
+            "deployment": row["deployment"],
+            "reason": printable(reason, MAX_TEXT),
+        }
+        if row["job_id"]:
+            payload["jobId"] = row["job_id"]
+        self._put(self._event("inngest.event.refused", row["event_id"], row["name"], payload))
 
     def request_refused(self, status: int, error: str) -> None:
         request_id = str(uuid.uuid4())
@@ -143,3 +153,7 @@ class Announcer:
             "related": related or [],
             "payload": payload,
         }
+
+
+def _related(role: str, object_id: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"prefect.{role}.{object_id}", "prefect.resource.role": role}

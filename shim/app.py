@@ -27,8 +27,9 @@ from shim.committer import GroupCommitter
 from shim.dispatcher import Dispatcher
 from shim.intake import Intake, KeyCheck
 from shim.logs import AccessLog
+from shim.mapping import FAIL_JOB
 from shim.metrics import ShimMetrics
-from shim.outbox import PENDING, EventOutbox, Recorded, open_outbox
+from shim.outbox import PENDING, EventBatch, EventOutbox, Recorded, open_outbox
 from shim.settings import ShimSettings, get_shim_settings
 from shim.wire import SEED_HEADER, SERVER_KIND_HEADER, Reply, dev_info, health, refused, unknown_key
 
@@ -55,10 +56,16 @@ def create_app(
         announcer = Announcer(enabled=settings.prefect_events)
         dispatcher = app.state.dispatcher = Dispatcher(app.state.outbox, settings, metrics, announcer)
 
-        def wake_dispatcher(stored: list[list[Recorded]]) -> None:
+        def wake_dispatcher(requests: list[EventBatch], stored: list[list[Recorded]]) -> None:
             # only events that need work (a run, or a SyncJob to fail) wake the dispatcher
-            if any(event.status == PENDING for request in stored for event in request):
-                dispatcher.notify()
+            actions = {
+                action.action
+                for events, fates in zip(requests, stored, strict=True)
+                for (_, _, action), fate in zip(events, fates, strict=True)
+                if fate.status == PENDING
+            }
+            if actions:
+                dispatcher.notify(needs_prefect=FAIL_JOB not in actions)
 
         app.state.committer = GroupCommitter(app.state.outbox, wake_dispatcher)
         app.state.intake = Intake(

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shim.outbox import EventOutbox, Recorded, Request
+from shim.outbox import EventBatch, EventOutbox, Recorded
 
 log = logging.getLogger("poligraph.shim.committer")
 MAX_GROUP_EVENTS = 5000  # a group stops growing here (one request may hold that many alone)
@@ -26,7 +26,7 @@ MAX_GROUP_EVENTS = 5000  # a group stops growing here (one request may hold that
 
 @dataclass
 class _Waiting:
-    events: Request
+    events: EventBatch
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Recorded]]
 
@@ -42,7 +42,9 @@ def _settle(future: asyncio.Future[list[Recorded]], result: list[Recorded] | Bas
 
 class GroupCommitter:
     def __init__(
-        self, outbox: EventOutbox, on_stored: Callable[[list[list[Recorded]]], None] = lambda _: None
+        self,
+        outbox: EventOutbox,
+        on_stored: Callable[[list[EventBatch], list[list[Recorded]]], None] = lambda _requests, _stored: None,
     ) -> None:
         self.outbox = outbox
         self.on_stored = on_stored  # called in the writer thread after each commit
@@ -50,7 +52,7 @@ class GroupCommitter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    async def store(self, events: Request) -> list[Recorded]:
+    async def store(self, events: EventBatch) -> list[Recorded]:
         """Store one request's events (all or none); returns once they are committed."""
         self._ensure_writer()
         loop = asyncio.get_running_loop()
@@ -91,14 +93,15 @@ class GroupCommitter:
                 return
 
     def _commit(self, group: list[_Waiting]) -> None:
+        requests = [waiting.events for waiting in group]
         try:
-            recorded = self.outbox.record_requests([waiting.events for waiting in group])
+            recorded = self.outbox.record_requests(requests)
         except BaseException as exc:  # noqa: BLE001 - every waiting request gets it, nothing is lost
             for waiting in group:
                 waiting.loop.call_soon_threadsafe(_settle, waiting.future, exc)
             return
         try:
-            self.on_stored(recorded)
+            self.on_stored(requests, recorded)
         except Exception:  # the events are stored: a failing listener must not turn that into an error
             log.exception("after-commit listener failed")
         for waiting, result in zip(group, recorded, strict=True):

@@ -85,6 +85,8 @@ class PrefectGate:
         # one writer at a time (concurrent bulk requests fail each other); on PostgreSQL the
         # limit is reached and stays.
         self.concurrency = float(settings.dispatch_concurrency)
+        # Runs per bulk request, adapted the same way to requests that time out.
+        self.chunk = BULK_LIMIT
 
     def open(self) -> bool:
         return self.up and time.monotonic() >= self.not_before
@@ -97,16 +99,20 @@ class PrefectGate:
     def ok(self) -> None:
         self._busy_delay = 0.0
         self.concurrency = min(float(self.settings.dispatch_concurrency), self.concurrency + 1)
+        self.chunk = min(BULK_LIMIT, self.chunk + 10)
         if not self.up:
             log.info("Prefect is reachable again")
         self.up = True
         self._probe_delay = 0.0
         self.metrics.prefect_up.set(1)
 
-    def busy(self, retry_after: float | None) -> None:
-        """429/503: every request waits the Retry-After, else 0.1 s doubling up to 5 s."""
+    def busy(self, retry_after: float | None, timed_out: bool = False) -> None:
+        """429/503 or a timeout: every request waits the Retry-After, else 0.1 s doubling up to
+        5 s; fewer requests at once, and after a timeout smaller ones."""
         self._busy_delay = min(5.0, max(0.1, self._busy_delay * 2))
         self.concurrency = max(1.0, self.concurrency / 2)
+        if timed_out:
+            self.chunk = max(1, self.chunk // 2)
         delay = retry_after if retry_after is not None else self._busy_delay
         self.not_before = max(
             self.not_before, time.monotonic() + min(delay, self.settings.max_backoff_seconds)
@@ -139,7 +145,7 @@ class Dispatcher:
         self.outbox = outbox
         self.settings = settings
         self.metrics = metrics or ShimMetrics()
-        self.announcer = announcer or Announcer(enabled=False)
+        self.announcer = announcer if announcer is not None else Announcer(enabled=False)
         self.gate = PrefectGate(settings, self.metrics)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -148,14 +154,18 @@ class Dispatcher:
         self._wake: asyncio.Event | None = None
         self._pass_lock: asyncio.Lock | None = None
         self._stopping = False
+        self._backlog = False  # the last pass was full, or Prefect is busy: events must wait
         self._tasks: list[Future[None]] = []
 
     # --- lifecycle (from any thread) -------------------------------------------------------
     def start(self) -> None:
         self._tasks = [self._submit(self._run()), self._submit(self._emit_loop())]
 
-    def notify(self) -> None:
-        """Events that need work were stored (thread-safe, cheap, coalesced)."""
+    def notify(self, needs_prefect: bool = True) -> None:
+        """Events that need work were stored (thread-safe, cheap, coalesced). Events that need
+        Prefect wake nobody while Prefect is unreachable or busy: the gate's own wake-up finds them."""
+        if needs_prefect and not self.gate.open() and self._loop is not None:
+            return
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
@@ -214,6 +224,7 @@ class Dispatcher:
             except Exception:  # the database may be down too: try again later
                 log.exception("dispatch pass failed")
                 handled = 0
+            self._backlog = handled >= self.settings.batch_size or not self.gate.open()
             if handled >= self.settings.batch_size and self.gate.open():
                 continue  # a full batch: more may be waiting
             timeout = self.settings.poll_seconds
@@ -231,17 +242,18 @@ class Dispatcher:
             await self.emit_pending()
 
     async def emit_pending(self) -> None:
-        """Send the queued Prefect events, in batches, while Prefect takes them."""
+        """Send the queued Prefect events, in batches, while Prefect takes them and no backlog
+        waits for its runs."""
         dropped = self.announcer.take_dropped()
         if dropped:
             self.metrics.prefect_events.labels("dropped").inc(dropped)
             log.warning("%d Prefect events dropped (queue full while Prefect was unreachable)", dropped)
-        while self.gate.open() and (batch := self.announcer.take(EMIT_BATCH)):
+        while self.gate.open() and not self._backlog and (batch := self.announcer.take(EMIT_BATCH)):
             try:
                 await self.api().emit_events(batch)
             except PrefectBusy as exc:
                 self.announcer.give_back(batch)
-                self.gate.busy(exc.retry_after)
+                self.gate.busy(exc.retry_after, exc.timed_out)
                 return
             except PrefectDown:
                 self.announcer.give_back(batch)
@@ -293,11 +305,8 @@ class Dispatcher:
                 by_deployment.setdefault(row["deployment"], []).append(row)
             else:  # pragma: no cover - only pending rows get here
                 outcomes.append(Outcome(row["pk"], DONE))
-        chunks = [
-            group[i : i + BULK_LIMIT]
-            for group in by_deployment.values()
-            for i in range(0, len(group), BULK_LIMIT)
-        ]
+        size = self.gate.chunk
+        chunks = [group[i : i + size] for group in by_deployment.values() for i in range(0, len(group), size)]
         width = int(self.gate.concurrency)
         slots = asyncio.Semaphore(width)
 
@@ -324,7 +333,7 @@ class Dispatcher:
             api.forget_deployment(name)  # redeployed under a new id, or not there yet
             return self._retry_later(rows, exc, "refused")
         except PrefectBusy as exc:
-            self.gate.busy(exc.retry_after)
+            self.gate.busy(exc.retry_after, exc.timed_out)
             return self._retry_when_open(rows, exc, "busy")
         except PrefectDown as exc:
             self.gate.down()
@@ -362,14 +371,14 @@ class Dispatcher:
     def _created(self, row: dict[str, Any], flow_run_id: str, deployment_id: str | None) -> Outcome:
         self.metrics.dispatch_attempts.labels("created").inc()
         self.metrics.dispatch_latency.observe(max(0.0, (utcnow() - row["received_at"]).total_seconds()))
-        self.announcer.dispatched(row["event_id"], row["name"], row["deployment"], deployment_id, flow_run_id)
+        self.announcer.run_created(row, deployment_id, flow_run_id)
         log.info("event %s (%s) -> flow run %s", row["event_id"], row["name"], flow_run_id)
         return Outcome(row["pk"], DONE, flow_run_id=flow_run_id)
 
     def _refused(self, row: dict[str, Any], reason: str) -> Outcome:
         self._fail_job(row["job_id"], reason)
         self.metrics.dispatch_attempts.labels("failed").inc()
-        self.announcer.failed(row["event_id"], row["name"], row["deployment"], reason)
+        self.announcer.run_refused(row, reason)
         log.warning("event %s (%s): %s", row["event_id"], row["name"], reason)
         return Outcome(row["pk"], FAILED, error=reason)
 

@@ -17,7 +17,7 @@ from shim.events import EventError, parse_body
 from shim.ids import event_ids
 from shim.mapping import NOTHING, EventRouter
 from shim.metrics import ShimMetrics
-from shim.outbox import DUPLICATE, Recorded, Request
+from shim.outbox import DUPLICATE, EventBatch, Recorded
 from shim.settings import ShimSettings
 from shim.text import printable
 from shim.wire import Reply, accepted, refused, unavailable
@@ -76,7 +76,7 @@ class Intake:
         async with self._large:
             return await self._store(await anyio.to_thread.run_sync(self.prepare, raw, seed))
 
-    def prepare(self, raw: bytes, seed: str | None) -> Request | Reply:
+    def prepare(self, raw: bytes, seed: str | None) -> EventBatch | Reply:
         """The request's events with their ids and actions, or the reply that refuses it."""
         try:
             events = parse_body(raw)
@@ -93,7 +93,7 @@ class Intake:
         self.metrics.requests_refused.labels(reason).inc()
         self.announcer.request_refused(status, error)
 
-    async def _store(self, batch: Request | Reply) -> Reply:
+    async def _store(self, batch: EventBatch | Reply) -> Reply:
         if isinstance(batch, Reply):
             return batch
         if not batch:
@@ -107,7 +107,7 @@ class Intake:
         self._report(batch, recorded)
         return accepted([event_id for event_id, _, _ in batch])
 
-    def _report(self, batch: Request, recorded: list[Recorded]) -> None:
+    def _report(self, batch: EventBatch, recorded: list[Recorded]) -> None:
         for (event_id, event, action), stored in zip(batch, recorded, strict=True):
             if stored.status == DUPLICATE:
                 outcome = "duplicate"

@@ -122,6 +122,8 @@ class ShimMetrics:
             self.events.labels("refused", reason)
         for result in ("created", "postponed", "failed", "job_failed"):
             self.dispatch_attempts.labels(result)
+        for result in ("sent", "dropped"):
+            self.prefect_events.labels(result)
 
     def count_event(self, outcome: str, action: EventAction) -> None:
         self.events.labels(outcome, refusal_reason(action) if outcome == "refused" else "").inc()

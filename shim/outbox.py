@@ -91,7 +91,7 @@ class Recorded:
     status: str
 
 
-Request = list[tuple[str, InboundEvent, EventAction]]  # one request's events: (id, event, action)
+EventBatch = list[tuple[str, InboundEvent, EventAction]]  # one request's events: (id, event, action)
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,11 @@ class EventOutbox:
         self.engine = engine
         self.dedupe_window = timedelta(hours=dedupe_hours)
 
-    def record(self, events: Request) -> list[Recorded]:
+    def record(self, events: EventBatch) -> list[Recorded]:
         """Store a request's events in one transaction (all or nothing), in order."""
         return self.record_requests([events])[0]
 
-    def record_requests(self, requests: list[Request]) -> list[list[Recorded]]:
+    def record_requests(self, requests: list[EventBatch]) -> list[list[Recorded]]:
         """Store several requests' events in one transaction and one commit (group commit), in
         order: an event id seen earlier in the group is a duplicate, as if the requests had been
         stored one after the other. All or nothing for the whole group.

@@ -36,15 +36,17 @@ _BUSY_STATUS = {429, 503}  # the server is there and says: later (503: e.g. SQLi
 
 
 class PrefectDown(Exception):
-    """No usable answer: refused connection, timeout, or a gateway saying the server is gone."""
+    """Not there: refused connection, no connection in time, or a gateway saying it is gone."""
 
 
 class PrefectBusy(Exception):
-    """429/503: come back later (`retry_after` seconds when the server said so)."""
+    """429/503, or no answer in time: come back later (`retry_after` seconds when the server
+    said so; `timed_out`: the request was too big for the server's pace)."""
 
-    def __init__(self, message: str, retry_after: float | None) -> None:
+    def __init__(self, message: str, retry_after: float | None, timed_out: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.timed_out = timed_out
 
 
 class PrefectError(Exception):
@@ -125,8 +127,12 @@ class PrefectApi:
             if response.status_code == 403 and "Invalid CSRF token" in response.text:
                 await self._fetch_csrf_token()
                 response = await self._send(method, path, **kwargs)
-        except (httpx.TimeoutException, httpx.NetworkError, httpx.ProtocolError) as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProtocolError) as exc:
             raise PrefectDown(f"{type(exc).__name__}: {exc}") from exc
+        except (httpx.TimeoutException, httpx.NetworkError) as exc:
+            # connected, then no answer in time: a server too busy for this request (maybe
+            # done with it all the same: the idempotency keys make a retry safe)
+            raise PrefectBusy(f"{type(exc).__name__}: {exc}", None, timed_out=True) from exc
         finally:
             self.last_call_seconds = time.perf_counter() - started
         if response.status_code in _BUSY_STATUS:

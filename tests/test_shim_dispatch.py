@@ -21,13 +21,12 @@ from prefect.client.orchestration import get_client
 
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
-from deployments.specs import deployment_specs
-from scripts.serve import runner_deployment
 from shim.dispatcher import Dispatcher, idempotency_key
 from shim.outbox import open_outbox
 from shim.settings import ShimSettings
 from support.polling import run_async, wait_for
 from support.ports import free_port
+from support.prefect_server import apply_catalog_deployments, delete_scheduled_runs
 from support.shim import dev_client, running_shim, start_shim_process
 from support.syncjob import insert_pending
 
@@ -37,26 +36,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def deployed(prefect_api, pg_url):
     """The test catalog's deployments, registered but not served: runs stay Scheduled."""
-
-    for spec in deployment_specs(get_catalog()):
-        runner_deployment(spec).apply()  # sync outside an event loop
+    apply_catalog_deployments()
     yield prefect_api
-    run_async(delete_scheduled_runs())  # no later test's runner may pick them up
-
-
-async def delete_scheduled_runs() -> None:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
-
-    async with get_client() as client:
-        waiting = FlowRunFilter(
-            state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
-            )
-        )
-        while runs := await client.read_flow_runs(flow_run_filter=waiting, limit=200):  # the API's max
-            for run in runs:
-                await client.delete_flow_run(run.id)
+    delete_scheduled_runs()  # no later test's runner may pick them up
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""A real Prefect outage: events sent while the server is stopped all run, once each, when it
-is back. Uses its own Prefect server (so the session's stays up) and a `python -m shim` process.
+"""A real Prefect outage: a backlog of 1,000 events sent while the server is stopped all run,
+once each, as soon as it is back, and their Prefect events reach its feed. Uses its own Prefect
+server (the local stack's settings; the session's server stays up) and a `python -m shim`.
 """
 
 from __future__ import annotations
@@ -7,15 +8,21 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events.filters import EventFilter, EventNameFilter
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import deployment_specs
+from scripts.prefect_settings import SQLITE_SETTINGS
 from scripts.serve import runner_deployment
 from shim.outbox import open_outbox
 from shim.settings import ShimSettings
@@ -44,12 +51,13 @@ def send(port: int, count: int, offset: int) -> list[str]:
     return body["ids"]
 
 
-def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, syncjobs):
+def test_a_backlog_sent_while_prefect_is_down_runs_once_as_soon_as_it_is_back(pg_url, syncjobs):
     prefect_port, shim_port = free_port(), free_port()
     home = STATE / f"outage-{uuid.uuid4().hex[:6]}"
     api = f"http://127.0.0.1:{prefect_port}/api"
     schema = f"shim_{uuid.uuid4().hex[:10]}"
-    server = start_prefect_server(prefect_port, home, "outage-prefect.log")
+    server_env = dict(SQLITE_SETTINGS)  # the local stack's Prefect on SQLite
+    server = start_prefect_server(prefect_port, home, "outage-prefect.log", server_env)
     with temporary_settings(updates={PREFECT_API_URL: api}):
         for spec in deployment_specs(get_catalog()):
             runner_deployment(spec).apply()
@@ -57,8 +65,8 @@ def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, sync
         **os.environ,
         "PREFECT_API_URL": api,
         "POLIGRAPH_SHIM_SCHEMA": schema,
-        "POLIGRAPH_SHIM_MAX_BACKOFF_SECONDS": "1",
         "POLIGRAPH_SHIM_PREFECT_TIMEOUT_SECONDS": "2",
+        "POLIGRAPH_SHIM_PROBE_SECONDS": "1",
     }
     shim = start_shim_process(env, shim_port, "outage-shim.log")
     outbox = open_outbox(ShimSettings(schema_name=schema), get_settings())
@@ -67,39 +75,56 @@ def test_events_sent_while_prefect_is_down_run_once_when_it_is_back(pg_url, sync
         wait_for(lambda: outbox.pending_count() == 0, timeout=60, what="dispatch while Prefect is up")
 
         stop_process_group(server)  # Prefect goes away
-        during = send(shim_port, 5, 100)
-        assert len(during) == 5  # still accepted: the outbox holds them
-        # Tried once, then the dispatcher only probes Prefect's health: no event is walked
-        # through a timeout again while it is down.
-        wait_for(
-            lambda: (
-                all(r["attempts"] >= 1 for r in outbox.events() if r["event_id"] in during)
-                and prefect_up(shim_port) == 0
-            ),
-            timeout=60,
-            what="an attempt against the stopped server",
-        )
+        during = [event_id for part in range(4) for event_id in send(shim_port, 250, 100 + 250 * part)]
+        assert len(during) == 1000  # still accepted: the outbox holds them
+        # One batch is tried and fails; then the dispatcher only probes Prefect's health: no
+        # event is walked through a timeout while it is down.
+        wait_for(lambda: prefect_up(shim_port) == 0, timeout=60, what="Prefect seen down")
         attempts = {r["pk"]: r["attempts"] for r in outbox.events() if r["event_id"] in during}
         wait_for(lambda: probes(shim_port) >= 3, timeout=30, what="a few health probes")
         assert {r["pk"]: r["attempts"] for r in outbox.events() if r["event_id"] in during} == attempts
-        assert outbox.pending_count() == 5
+        assert sum(attempts.values()) <= ShimSettings().batch_size
+        assert outbox.pending_count() == 1000
 
-        server = start_prefect_server(prefect_port, home, "outage-prefect.log")  # back
-        wait_for(lambda: outbox.pending_count() == 0, timeout=90, what="the backlog after the outage")
+        server = start_prefect_server(prefect_port, home, "outage-prefect.log", server_env)  # back
+        back = datetime.now(UTC).replace(tzinfo=None)
+        wait_for(lambda: outbox.pending_count() == 0, timeout=300, what="the backlog after the outage")
     finally:
         stop_process_group(shim)
 
     rows = outbox.events()
-    assert len(rows) == 7 and all(r["status"] == "done" for r in rows)
-    assert len({r["flow_run_id"] for r in rows}) == 7
+    assert len(rows) == 1002 and all(r["status"] == "done" for r in rows)
+    assert len({r["flow_run_id"] for r in rows}) == 1002
 
-    async def limits_of_runs() -> list[int]:
+    async def runs() -> list[Any]:
         async with get_client() as client:
-            runs = [await client.read_flow_run(r["flow_run_id"]) for r in rows]
-        return sorted(run.parameters["limit"] for run in runs)
+            found: list[Any] = []
+            ours = FlowRunFilter(tags=FlowRunFilterTags(all_=["inngest"]))  # not the cron's runs
+            while page := await client.read_flow_runs(
+                flow_run_filter=ours, sort=FlowRunSort.ID_DESC, offset=len(found), limit=200
+            ):
+                found += page
+        return found
+
+    async def accepted_in_feed() -> int:
+        async with get_client() as client:
+            page = await client.read_events(
+                EventFilter(event=EventNameFilter(name=["inngest.event.accepted"])), limit=50
+            )
+        return page.total
 
     try:
         with temporary_settings(updates={PREFECT_API_URL: api}):
-            assert run_async(limits_of_runs()) == [1, 2, 101, 102, 103, 104, 105]
+            created = run_async(runs())
+            limits = sorted(run.parameters["limit"] for run in created)
+            assert limits == [1, 2, *range(101, 1101)]  # each event one run, none twice
+            # the dispatcher was probing, not waiting out a per-event backoff: the first run of
+            # the backlog came within a few probes of the server's return
+            first = min(run.created for run in created if run.parameters["limit"] > 100)
+            assert (first.replace(tzinfo=None) - back).total_seconds() < 10
+            # the feed caught up: each event's Prefect event reached it once Prefect was back
+            wait_for(
+                lambda: run_async(accepted_in_feed()) == 1002, timeout=90, interval=2, what="the event feed"
+            )
     finally:
         stop_process_group(server)

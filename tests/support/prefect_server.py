@@ -191,3 +191,33 @@ def artifacts_of(flow_run_id: UUID | str) -> dict[str, Any]:
             return {artifact.key: artifact for artifact in found}
 
     return run_async(read())
+
+
+def apply_catalog_deployments() -> None:
+    """The configured catalog's deployments, registered but not served: their runs stay Scheduled."""
+    from deployments.catalog import get_catalog
+    from deployments.specs import deployment_specs
+    from scripts.serve import runner_deployment
+
+    for spec in deployment_specs(get_catalog()):
+        runner_deployment(spec).apply()  # sync outside an event loop
+
+
+def delete_scheduled_runs() -> None:
+    """Delete every run still Scheduled or Pending, so that no later test's runner picks it up."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    async def delete() -> None:
+        async with get_client() as client:
+            waiting = FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+                )
+            )
+            while runs := await client.read_flow_runs(flow_run_filter=waiting, limit=200):  # the API's max
+                for run in runs:
+                    await client.delete_flow_run(run.id)
+
+    run_async(delete())

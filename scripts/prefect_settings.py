@@ -1,9 +1,10 @@
-"""The environment of the local stack's Prefect server (`make up`), in one place.
+"""The Prefect settings of the local stack (`make up`), in one place.
 
-    prefect_server_environment(env)  ->  the settings the server process gets
+    server_environment(env)   the Prefect server process's environment
+    runner_environment(env)   serve's (and every flow run's) environment
 
-Why each setting is there is measured in docs/prefect.md ("Server under bursts"); the benchmark
-(`make bench`, P5) runs the server with exactly this environment.
+Why each setting is there is measured in docs/prefect.md ("Server under bursts", "Flow start");
+the benchmarks (`make bench`) run the server and serve with exactly these.
 """
 
 from __future__ import annotations
@@ -60,7 +61,22 @@ def ensure_database(admin_url: str, name: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"'.encode())
 
 
-def prefect_server_environment(env: dict[str, str]) -> dict[str, str]:
+# serve polls for new runs every second (Prefect's default is 10 s): a new run starts within
+# about 1 s plus its start-up.
+RUNNER_SETTINGS = {
+    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+}
+
+
+def runner_environment(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the local stack's runner settings (anything already set wins)."""
+    env = dict(env)
+    for name, value in RUNNER_SETTINGS.items():
+        env.setdefault(name, value)
+    return env
+
+
+def server_environment(env: dict[str, str]) -> dict[str, str]:
     """`env` with the local stack's Prefect server settings (anything already set wins)."""
     env = dict(env)
     for name, value in SERVER_SETTINGS.items():

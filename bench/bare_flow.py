@@ -1,0 +1,26 @@
+"""P3/P4's baseline: a bare Prefect flow that runs one subprocess (the same no-op step), served.
+
+    python -m bench.bare_flow        (PREFECT_API_URL, BENCH_STARTS and the runner settings set)
+
+Deployment `bare-step/bare`, served with the same runner settings as `scripts.serve`. Nothing but
+Prefect and the standard library is imported, in the serve process and in each flow run's.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow, serve
+
+NOOP = Path(__file__).resolve().parent / "noop_script.py"
+
+
+@flow(name="bare-step")
+def bare_step() -> None:
+    subprocess.run([sys.executable, "-I", "-S", str(NOOP), "bare"], check=True)
+
+
+if __name__ == "__main__":
+    serve(bare_step.to_deployment(name="bare"), limit=4, pause_on_shutdown=False)

@@ -1,0 +1,231 @@
+"""P3 (event → script started) and P4 (a no-op step, Running → Completed), on a served stack.
+
+    .venv/bin/python -m bench.flow_start [--runs 10]
+
+Starts a Prefect server with the local stack's settings, `python -m scripts.serve` (every catalog
+deployment; SyncJob on a durable PostgreSQL), the shim in key mode, and `bench.bare_flow` (a bare
+Prefect flow running the same no-op subprocess, served the same way). Runs alternate, one at a
+time, each after the previous ended:
+
+* ours: the admin's send (a PENDING SyncJob row, then `sync/sync-president` with its jobId) to
+  the shim; the script is the no-op step (`bench/noop_script.py`, which notes when it starts).
+* bare: `create_flow_run_from_deployment` of the bare flow.
+
+P3 is the time from the shim's 200 (ours) or the create call (bare) to the step's process
+starting; P4 the flow run's Running → Completed (state timestamps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from bench.harness import (
+    KEY,
+    REPO,
+    WORK,
+    Figure,
+    Series,
+    base_env,
+    durable_postgres,
+    machine,
+    prefect_server,
+    print_table,
+    shim,
+    spawn,
+    stop,
+    wait_until,
+)
+from scripts.prefect_settings import runner_environment
+
+SCRIPT = "sync-president"
+
+
+async def deployment_ids(api_url: str, names: list[str]) -> dict[str, str] | None:
+    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
+        ids = {}
+        for name in names:
+            reply = await client.get(f"/deployments/name/{name}")
+            if reply.status_code != 200:
+                return None
+            ids[name] = reply.json()["id"]
+        return ids
+
+
+async def states(api_url: str, flow_run_id: str) -> dict[str, float]:
+    """The first timestamp of each state name of a run, as epoch seconds."""
+    from datetime import datetime
+
+    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
+        reply = await client.get("/flow_run_states/", params={"flow_run_id": flow_run_id})
+        reply.raise_for_status()
+    found: dict[str, float] = {}
+    for state in reply.json():
+        stamp = datetime.fromisoformat(state["timestamp"].replace("Z", "+00:00")).timestamp()
+        found.setdefault(state["name"], stamp)
+        found[state["name"]] = min(found[state["name"]], stamp)
+    return found
+
+
+async def read_run(api_url: str, flow_run_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
+        reply = await client.get(f"/flow_runs/{flow_run_id}")
+        reply.raise_for_status()
+        return dict(reply.json())
+
+
+async def run_by_tag(api_url: str, tag: str) -> dict[str, Any] | None:
+    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
+        reply = await client.post(
+            "/flow_runs/filter", json={"flow_runs": {"tags": {"all_": [tag]}}, "limit": 1}
+        )
+        reply.raise_for_status()
+        found = reply.json()
+    return found[0] if found else None
+
+
+def started_at(starts: Path, name: str, before: set[Path]) -> float | None:
+    new = [p for p in starts.glob(f"{name}-*.start") if p not in before]
+    return float(new[0].read_text()) if new else None
+
+
+def finished(api_url: str, flow_run_id: str) -> dict[str, Any] | None:
+    run = asyncio.run(read_run(api_url, flow_run_id))
+    state = run.get("state") or {}
+    return run if state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+
+def flow_start_figures(runs: int) -> list[Figure]:
+    p3 = Figure(
+        key="P3",
+        title="event → script started",
+        unit="s",
+        baseline_name="bare served flow, create → subprocess started",
+        goal="p50 ≤ 1.5 s",
+        ratio_of=None,
+    )
+    p3.passes = lambda f: f.ours.median <= 1.5
+    p4 = Figure(
+        key="P4",
+        title="no-op step, Running → Completed",
+        unit="s",
+        baseline_name="bare flow running one subprocess",
+        goal="≤ 1.5× and ≤ 0.1 s over bare",
+    )
+    p4.passes = lambda f: f.ratio <= 1.5 and f.ours.median - f.baseline.median <= 0.1
+    parts: dict[str, Series] = {k: Series() for k in ("dispatch", "pickup", "process", "flow body")}
+    home = WORK / f"start-{uuid.uuid4().hex[:6]}"
+    env = base_env(home)
+    starts = Path(env["BENCH_STARTS"])
+    with durable_postgres() as pg_url, prefect_server(home) as server:
+        env = runner_environment(env) | {
+            "PREFECT_API_URL": server.url,
+            "DATABASE_URL": pg_url,
+            "POLIGRAPH_EVENT_KEYS": KEY,
+        }
+        serve = spawn([sys.executable, "-m", "scripts.serve"], env, home / "serve.log")
+        bare = spawn([sys.executable, "-m", "bench.bare_flow"], env, home / "bare.log", REPO)
+        try:
+            ids = wait_until(
+                lambda: asyncio.run(deployment_ids(server.url, [f"sync-script/{SCRIPT}", "bare-step/bare"])),
+                180,
+                "the served deployments",
+                interval=0.5,
+            )
+            engine = sa.create_engine(pg_url)
+            with shim(env) as (shim_url, _proc), httpx.Client(timeout=30) as client:
+                for i in range(runs + 1):  # the first pair warms up (imports cached, engines made)
+                    for side in ("ours", "bare") if i % 2 == 0 else ("bare", "ours"):
+                        before = set(starts.glob("*.start"))
+                        if side == "ours":
+                            job_id = f"cbench{uuid.uuid4().hex[:19]}"
+                            with engine.begin() as conn:
+                                conn.execute(
+                                    sa.text(
+                                        'INSERT INTO "SyncJob" (id, script, status, progress, "createdAt") '
+                                        "VALUES (:id, :script, 'PENDING', 0, now())"
+                                    ),
+                                    {"id": job_id, "script": SCRIPT},
+                                )
+                            body = [{"name": f"sync/{SCRIPT}", "data": {"jobId": job_id}}]
+                            reply = client.post(f"{shim_url}/e/{KEY}", content=json.dumps(body))
+                            t0 = time.time()
+                            event_id = reply.json()["ids"][0]
+                            run = wait_until(
+                                lambda e=event_id: asyncio.run(run_by_tag(server.url, f"inngest-event:{e}")),
+                                60,
+                                "the run",
+                                interval=0.02,
+                            )
+                        else:
+                            t0 = time.time()
+                            reply = client.post(
+                                f"{server.url}/deployments/{ids['bare-step/bare']}/create_flow_run", json={}
+                            )
+                            reply.raise_for_status()
+                            run = reply.json()
+                        name = SCRIPT if side == "ours" else "bare"
+                        script_start = wait_until(
+                            lambda n=name, b=before: started_at(starts, n, b), 60, "the step", interval=0.02
+                        )
+                        wait_until(
+                            lambda r=run["id"]: finished(server.url, r), 120, "the run to end", interval=0.1
+                        )
+                        seen = asyncio.run(states(server.url, run["id"]))
+                        if i == 0:
+                            continue
+                        assert "Completed" in seen, f"{side} run ended {seen}"
+                        start_latency = script_start - t0
+                        step = seen["Completed"] - seen["Running"]
+                        (p3.ours if side == "ours" else p3.baseline).add(start_latency)
+                        (p4.ours if side == "ours" else p4.baseline).add(step)
+                        if side == "ours":
+                            created = _stamp(run["created"])
+                            parts["dispatch"].add(created - t0)
+                            parts["pickup"].add(seen["Pending"] - created)
+                            parts["process"].add(seen["Running"] - seen["Pending"])
+                            parts["flow body"].add(script_start - seen["Running"])
+                        print(
+                            f"  P3/P4 run {i} {side}: script started {start_latency:.2f} s after the "
+                            f"{'ack' if side == 'ours' else 'create'}; Running → Completed {step:.2f} s",
+                            flush=True,
+                        )
+        finally:
+            stop(serve, 60)
+            stop(bare, 60)
+    p3.ratio_of = lambda f: f.ours.median / f.baseline.median
+    p3.notes.append(
+        "ours, medians: "
+        + ", ".join(f"{name} {series.median:.2f} s" for name, series in parts.items())
+        + " (ack → created → Pending → Running → script)"
+    )
+    return [p3, p4]
+
+
+def _stamp(value: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    print_table(flow_start_figures(args.runs))
+
+
+if __name__ == "__main__":
+    main()

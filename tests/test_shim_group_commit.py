@@ -1,0 +1,140 @@
+"""Group commit: requests that arrive together share one transaction and one commit, each is
+answered only once its own events are committed, and a commit that fails fails only the
+requests in it. On the SQLite outbox (unit) and the PostgreSQL one (integration), over real HTTP.
+
+The real outbox is wrapped so that its first commit waits until the test releases it: the
+requests sent meanwhile queue up and form the next group, deterministically.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from shim.events import InboundEvent
+from shim.mapping import RUN, EventAction
+from shim.outbox import EventBatch, EventOutbox, Recorded
+from shim.settings import ShimSettings
+from support.polling import wait_for
+from support.shim import postgres_outbox, running_shim, sqlite_outbox
+
+
+class HeldOutbox(EventOutbox):
+    """The real outbox; remembers each commit's group size, holds the first commit until
+    `release`, and fails the group after that when `fail_second` is set."""
+
+    def __init__(self, real: EventOutbox, fail_second: bool = False) -> None:
+        super().__init__(real.engine, real.dedupe_window.total_seconds() / 3600)
+        self.groups: list[int] = []
+        self.release = threading.Event()
+        self.released_at = 0.0
+        self.fail_second = fail_second
+
+    def record_requests(self, requests: list[EventBatch]) -> list[list[Recorded]]:
+        self.groups.append(len(requests))
+        if len(self.groups) == 1:
+            assert self.release.wait(30)
+        if len(self.groups) == 2 and self.fail_second:
+            raise sa.exc.OperationalError("COMMIT", {}, Exception("the server closed the connection"))
+        return super().record_requests(requests)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.unit),
+        pytest.param("postgresql", marks=pytest.mark.integration),
+    ]
+)
+def real_outbox(request, tmp_path) -> EventOutbox:
+    if request.param == "postgresql":
+        return postgres_outbox(request.getfixturevalue("pg_url"))
+    return sqlite_outbox(tmp_path)
+
+
+def post(url: str, events: list[dict[str, Any]]) -> tuple[float, httpx.Response]:
+    reply = httpx.post(f"{url}/e/NO_EVENT_KEY_SET", json=events, timeout=60)
+    return time.monotonic(), reply
+
+
+def queued(app: Any) -> int:
+    return app.state.committer._queue.qsize()
+
+
+def send_while_held(outbox: HeldOutbox, url: str, app: Any, bodies: list[list[dict[str, Any]]]) -> list[Any]:
+    """One request is held in the first commit; `bodies` are sent meanwhile, then it is released."""
+    with ThreadPoolExecutor(max_workers=len(bodies) + 1) as pool:
+        first = pool.submit(post, url, [{"name": "sync/press"}])
+        wait_for(lambda: outbox.groups == [1], timeout=30, interval=0.02, what="the first commit")
+        rest = [pool.submit(post, url, body) for body in bodies]
+        wait_for(lambda: queued(app) == len(bodies), timeout=30, interval=0.02, what="the queued requests")
+        time.sleep(0.2)  # any reply that did not wait for its commit would arrive now
+        assert not any(future.done() for future in rest), "a request was answered before its commit"
+        outbox.released_at = time.monotonic()
+        outbox.release.set()
+        return [first.result(), *(future.result() for future in rest)]
+
+
+def stored_ids(outbox: EventOutbox) -> list[str]:
+    return [row["event_id"] for row in outbox.events()]
+
+
+def test_requests_that_arrive_together_share_one_commit_and_wait_for_it(real_outbox):
+    outbox = HeldOutbox(real_outbox)
+    with running_shim(ShimSettings(), outbox) as (url, app):
+        replies = send_while_held(outbox, url, app, [[{"name": "sync/press"}] for _ in range(20)])
+    assert outbox.groups == [1, 20]  # twenty requests, one transaction
+    assert all(reply.status_code == 200 for _, reply in replies)
+    assert all(answered_at >= outbox.released_at for answered_at, _ in replies)
+    acknowledged = [reply.json()["ids"][0] for _, reply in replies]
+    assert sorted(stored_ids(outbox)) == sorted(acknowledged)
+
+
+def test_a_failed_commit_fails_only_the_requests_it_held(real_outbox):
+    outbox = HeldOutbox(real_outbox, fail_second=True)
+    with running_shim(ShimSettings(), outbox) as (url, app):
+        replies = send_while_held(outbox, url, app, [[{"name": "sync/press"}] for _ in range(10)])
+        _, after = post(url, [{"name": "sync/press"}])
+    first, *group = [reply for _, reply in replies]
+    assert first.status_code == 200 and after.status_code == 200
+    assert all(reply.status_code == 503 for reply in group)
+    assert {reply.json()["error"] for reply in group} == {
+        "The event store is unavailable; send the events again"
+    }
+    assert sorted(stored_ids(outbox)) == sorted([*first.json()["ids"], *after.json()["ids"]])
+
+
+def test_an_id_sent_twice_in_one_group_is_stored_once(real_outbox):
+    outbox = HeldOutbox(real_outbox)
+    with running_shim(ShimSettings(), outbox) as (url, app):
+        same = [{"name": "sync/press", "id": "weekly-press"}]
+        replies = send_while_held(outbox, url, app, [same, same])
+    assert outbox.groups == [1, 2]
+    rows = [row for row in outbox.events() if row["user_id"] == "weekly-press"]
+    assert sorted(row["status"] for row in rows) == ["duplicate", "pending"]
+    assert all(reply.status_code == 200 for _, reply in replies)
+
+
+def test_a_group_is_stored_in_order_as_if_its_requests_came_one_by_one(real_outbox):
+    def batch(*ids: str) -> EventBatch:
+        return [
+            (
+                f"01GROUP{i:019d}",
+                InboundEvent(name="sync/press", data={}, ts=1, id=event_id),
+                EventAction(RUN),
+            )
+            for i, event_id in enumerate(ids)
+        ]
+
+    recorded = real_outbox.record_requests([batch("x"), batch("x", "y", ""), batch("y", "y")])
+    assert [[r.status for r in request] for request in recorded] == [
+        ["pending"],
+        ["duplicate", "pending", "pending"],  # no id: deduplicated on the event's own id
+        ["duplicate", "duplicate"],
+    ]
+    assert len(real_outbox.events()) == 6
