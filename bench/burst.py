@@ -220,10 +220,8 @@ def burst_figure(pg_url: str, prefect_db: str, count: int, rounds: int, raw_samp
                 figure.baseline.add(rate)
             else:
                 figure.ours.add(measure_shim(pg_url, prefect_db, count, notes))
-            print(
-                f"  P5 {prefect_db} round {round_no + 1} {side}: {(figure.baseline if side == 'raw' else figure.ours).values[-1]:.1f} runs/s",
-                flush=True,
-            )
+            latest = (figure.baseline if side == "raw" else figure.ours).values[-1]
+            print(f"  P5 {prefect_db} round {round_no + 1} {side}: {latest:.1f} runs/s", flush=True)
     figure.passes = lambda f: f.ratio >= 0.8 and not any(notes["lost"]) and not any(notes["duplicated"])
     figure.notes.append(
         f"acknowledged in {Series(notes['ack']).summary('{:.1f}')} s; lost {sum(notes['lost'])}, "

@@ -71,7 +71,8 @@ end
 
 done = function(summary, latency, requests)
   io.write(string.format(
-    '{"requests": %d, "duration_us": %d, "non2xx": %d, "socket_errors": %d, "p50_ms": %.2f, "p99_ms": %.2f}\n',
+    '{"requests": %d, "duration_us": %d, "non2xx": %d, "socket_errors": %d, ' ..
+    '"p50_ms": %.2f, "p99_ms": %.2f}\n',
     summary.requests, summary.duration, summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
     latency:percentile(50) / 1000, latency:percentile(99) / 1000))
