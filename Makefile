@@ -7,7 +7,7 @@ TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-fast check lint typecheck imports install prefect-yaml
+.PHONY: up test test-fast check lint typecheck imports install prefect-yaml bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 	bash .ci/ensure-postgres
 	bash .ci/ensure-node
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# Every figure of the performance table against its baseline, side by side (~10 min; not CI).
+bench: $(STAMP)
+	bash .ci/ensure-postgres
+	bash .ci/ensure-wrk
+	$(BIN)/python -m bench
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m unit -q

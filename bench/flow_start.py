@@ -1,4 +1,5 @@
-"""P3 (event → script started) and P4 (a no-op step, Running → Completed), on a served stack.
+"""P2 (ack → run created), P3 (event → script started), P4 (a no-op step, Running → Completed)
+and P6 (idle RSS), on a served stack.
 
     .venv/bin/python -m bench.flow_start [--runs 10]
 
@@ -11,8 +12,11 @@ time, each after the previous ended:
   the shim; the script is the no-op step (`bench/noop_script.py`, which notes when it starts).
 * bare: `create_flow_run_from_deployment` of the bare flow.
 
-P3 is the time from the shim's 200 (ours) or the create call (bare) to the step's process
-starting; P4 the flow run's Running → Completed (state timestamps).
+P2 is the time from the shim's 200 to the run's `created` stamp (ours) against the duration of
+the bare side's create call (one REST request); P3 the time from the shim's 200 (ours) or the
+create call (bare) to the step's process starting; P4 the flow run's Running → Completed (state
+timestamps). P6 samples the resident memory of the shim and of serve, idle, once the stack is up
+and again after the runs, next to a bare FastAPI app (`bench.bare_app`) and the bare flow's serve.
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ from bench.harness import (
     WORK,
     Figure,
     Series,
+    answers,
     base_env,
     durable_postgres,
+    free_port,
     machine,
     prefect_server,
     print_table,
+    rss_mb,
     shim,
     spawn,
     stop,
@@ -48,6 +55,7 @@ from bench.harness import (
 from scripts.prefect_settings import runner_environment
 
 SCRIPT = "sync-president"
+IDLE_SAMPLES = 5  # RSS samples per idle moment, a second apart
 
 
 async def deployment_ids(api_url: str, names: list[str]) -> dict[str, str] | None:
@@ -104,7 +112,44 @@ def finished(api_url: str, flow_run_id: str) -> dict[str, Any] | None:
     return run if state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
 
+def idle_rss(figures: dict[str, Figure], ours: dict[str, int], bare: dict[str, int]) -> None:
+    """IDLE_SAMPLES samples of each process's RSS, interleaved, a second apart."""
+    for _ in range(IDLE_SAMPLES):
+        time.sleep(1)
+        for name, figure in figures.items():
+            figure.ours.add(rss_mb(ours[name]))
+            figure.baseline.add(rss_mb(bare[name]))
+
+
 def flow_start_figures(runs: int) -> list[Figure]:
+    p2 = Figure(
+        key="P2",
+        title="event acknowledged → flow run created",
+        unit="s",
+        baseline_name="one direct create-flow-run request",
+        goal="≤ 1.5×",
+    )
+    p2.passes = lambda f: f.ratio <= 1.5
+    p6 = {
+        "shim": Figure(
+            key="P6",
+            title="idle RSS of the shim",
+            unit="MB",
+            baseline_name="bare FastAPI app",
+            goal="≤ 100 MB",
+            fmt="{:.0f}",
+        ),
+        "serve": Figure(
+            key="P6",
+            title="idle RSS of serve (every deployment)",
+            unit="MB",
+            baseline_name="bare flow's serve",
+            goal="≤ 150 MB",
+            fmt="{:.0f}",
+        ),
+    }
+    p6["shim"].passes = lambda f: max(f.ours.values) <= 100
+    p6["serve"].passes = lambda f: max(f.ours.values) <= 150
     p3 = Figure(
         key="P3",
         title="event → script started",
@@ -134,6 +179,10 @@ def flow_start_figures(runs: int) -> list[Figure]:
         }
         serve = spawn([sys.executable, "-m", "scripts.serve"], env, home / "serve.log")
         bare = spawn([sys.executable, "-m", "bench.bare_flow"], env, home / "bare.log", REPO)
+        bare_port = free_port()
+        bare_app = spawn(
+            [sys.executable, "-m", "bench.bare_app", str(bare_port)], env, home / "bare_app.log", REPO
+        )
         try:
             ids = wait_until(
                 lambda: asyncio.run(deployment_ids(server.url, [f"sync-script/{SCRIPT}", "bare-step/bare"])),
@@ -141,8 +190,12 @@ def flow_start_figures(runs: int) -> list[Figure]:
                 "the served deployments",
                 interval=0.5,
             )
+            wait_until(lambda: answers(f"http://127.0.0.1:{bare_port}/health"), 60, "the bare app")
             engine = sa.create_engine(pg_url)
-            with shim(env) as (shim_url, _proc), httpx.Client(timeout=30) as client:
+            with shim(env) as (shim_url, shim_proc), httpx.Client(timeout=30) as client:
+                ours_pids = {"shim": shim_proc.pid, "serve": serve.pid}
+                bare_pids = {"shim": bare_app.pid, "serve": bare.pid}
+                idle_rss(p6, ours_pids, bare_pids)
                 for i in range(runs + 1):  # the first pair warms up (imports cached, engines made)
                     for side in ("ours", "bare") if i % 2 == 0 else ("bare", "ours"):
                         before = set(starts.glob("*.start"))
@@ -171,6 +224,7 @@ def flow_start_figures(runs: int) -> list[Figure]:
                             reply = client.post(
                                 f"{server.url}/deployments/{ids['bare-step/bare']}/create_flow_run", json={}
                             )
+                            create_call = time.time() - t0
                             reply.raise_for_status()
                             run = reply.json()
                         name = SCRIPT if side == "ours" else "bare"
@@ -188,8 +242,11 @@ def flow_start_figures(runs: int) -> list[Figure]:
                         step = seen["Completed"] - seen["Running"]
                         (p3.ours if side == "ours" else p3.baseline).add(start_latency)
                         (p4.ours if side == "ours" else p4.baseline).add(step)
+                        if side == "bare":
+                            p2.baseline.add(create_call)
                         if side == "ours":
                             created = _stamp(run["created"])
+                            p2.ours.add(created - t0)
                             parts["dispatch"].add(created - t0)
                             parts["pickup"].add(seen["Pending"] - created)
                             parts["process"].add(seen["Running"] - seen["Pending"])
@@ -199,16 +256,19 @@ def flow_start_figures(runs: int) -> list[Figure]:
                             f"{'ack' if side == 'ours' else 'create'}; Running → Completed {step:.2f} s",
                             flush=True,
                         )
+                idle_rss(p6, ours_pids, bare_pids)
         finally:
             stop(serve, 60)
             stop(bare, 60)
+            stop(bare_app)
     p3.ratio_of = lambda f: f.ours.median / f.baseline.median
     p3.notes.append(
         "ours, medians: "
         + ", ".join(f"{name} {series.median:.2f} s" for name, series in parts.items())
         + " (ack → created → Pending → Running → script)"
     )
-    return [p3, p4]
+    p6["shim"].notes.append("sampled idle after start-up and again after the runs, 5 times each")
+    return [p2, p3, p4, p6["shim"], p6["serve"]]
 
 
 def _stamp(value: str) -> float:

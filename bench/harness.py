@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
@@ -29,15 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # tests/support: the PostgreSQL binaries and their user
 
 from scripts.prefect_settings import server_environment  # noqa: E402
-from support.pg_cluster import (  # noqa: E402
-    DB_NAME,
-    SUPERUSER,
-    _run,
-    _run_as_kwargs,
-    _wait_ready,
-    apply_sql,
-    find_pg_bindir,
-)
+from support.pg_cluster import PostgresCluster, apply_sql  # noqa: E402
 
 T = TypeVar("T")
 WORK = Path(tempfile.mkdtemp(prefix="poligraph-bench-"))
@@ -197,66 +188,14 @@ def base_env(home: Path) -> dict[str, str]:
 def durable_postgres() -> Iterator[str]:
     """A throwaway PostgreSQL as production runs it: fsync and synchronous commits on (the test
     helper turns them off for speed). Yields a SQLAlchemy URL with the SyncJob table."""
-    bindir = find_pg_bindir()
-    tmp = Path(tempfile.mkdtemp(prefix="poligraph-bench-pg-"))  # postgres must reach it
-    run_as = _run_as_kwargs(tmp)
-    sock = tmp / "sock"
-    sock.mkdir()
-    if "user" in run_as:
-        for path in (tmp, sock):
-            os.chown(path, run_as["user"], run_as["group"])
-    data = tmp / "data"
-    _run(
-        [
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            SUPERUSER,
-            "-E",
-            "UTF8",
-            "--no-locale",
-        ],
-        run_as,
-        "initdb",
-    )
-    port = free_port()
-    log = tmp / "server.log"
-    server = subprocess.Popen(
-        [
-            str(bindir / "postgres"),
-            "-D", str(data),
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", f"port={port}",
-            "-c", f"unix_socket_directories={sock}",
-            "-c", "max_connections=200",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        **run_as,
-    )  # fmt: skip
+    cluster = PostgresCluster(durable=True)
     try:
-        _wait_ready(server, port, log)
-        import psycopg
-
-        with psycopg.connect(
-            host="127.0.0.1", port=port, user=SUPERUSER, dbname="postgres", autocommit=True
-        ) as c:
-            c.execute(f'CREATE DATABASE "{DB_NAME}"'.encode())
-        url = f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{port}/{DB_NAME}"
-        apply_sql(url, REPO / "tests" / "sql" / "syncjob.sql")
-        yield url
+        cluster.start()
+        cluster.create_database()
+        apply_sql(cluster.url, REPO / "tests" / "sql" / "syncjob.sql")
+        yield cluster.url
     finally:
-        subprocess.run(
-            [str(bindir / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w"],
-            capture_output=True,
-            check=False,
-            **run_as,
-        )
-        server.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
+        cluster.remove()
 
 
 def create_database(pg_url: str, name: str) -> str:

@@ -69,6 +69,11 @@ def run_tags(row: dict[str, Any]) -> list[str]:
     return ["inngest", f"event:{row['name']}", f"inngest-event:{row['event_id']}"]
 
 
+def run_labels(row: dict[str, Any]) -> dict[str, str]:
+    """The same link as key-value labels on the run, readable without parsing tags."""
+    return {"inngest.event.id": row["event_id"], "inngest.event.name": row["name"]}
+
+
 class PrefectGate:
     """When the next Prefect request may go, shared by every request of the dispatcher."""
 
@@ -324,7 +329,10 @@ class Dispatcher:
     async def _create_chunk(self, rows: list[dict[str, Any]]) -> list[Outcome]:
         name = rows[0]["deployment"]
         api = self.api()
-        requests = [RunRequest(row["parameters"] or {}, idempotency_key(row), run_tags(row)) for row in rows]
+        requests = [
+            RunRequest(row["parameters"] or {}, idempotency_key(row), run_tags(row), run_labels(row))
+            for row in rows
+        ]
         deployment_id: str | None = None
         try:
             deployment_id = await api.deployment_id(name)

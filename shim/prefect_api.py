@@ -66,6 +66,7 @@ class RunRequest:
     parameters: dict[str, Any]
     idempotency_key: str
     tags: list[str]
+    labels: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ class PrefectApi:
                 "state": scheduled_state(),
                 "parameters": run.parameters,
                 "tags": run.tags,
+                "labels": run.labels,
                 "idempotency_key": run.idempotency_key,
             }
             for run in runs

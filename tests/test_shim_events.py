@@ -68,6 +68,8 @@ def test_runs_carry_their_event_and_every_event_is_in_prefects_feed(deployed, sy
 
         run = run_async(read_run())
         assert {f"inngest-event:{accepted}", "event:sync/alpha", "inngest"} <= set(run.tags)
+        assert run.labels["inngest.event.id"] == accepted
+        assert run.labels["inngest.event.name"] == "sync/alpha"
 
         resources = [f"inngest.event.{event_id}" for event_id in (accepted, duplicate, refused)]
         expected = {
@@ -102,4 +104,6 @@ def test_runs_carry_their_event_and_every_event_is_in_prefects_feed(deployed, sy
             )
         return [e for e in page.events if e.payload.get("status") == 400]
 
-    assert wait_for(request_refusals, timeout=30, interval=1, what="the refused request in the feed")
+    assert wait_for(
+        lambda: run_async(request_refusals()), timeout=30, interval=1, what="the refused request in the feed"
+    )

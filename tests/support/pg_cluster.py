@@ -124,7 +124,8 @@ def _wait_ready(server: subprocess.Popen[bytes], port: int, log_path: Path) -> N
 class PostgresCluster:
     """A throwaway cluster that a test can stop and start again on the same port (an outage)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable  # fsync and synchronous commits on, as in production (benchmarks)
         self.bindir = find_pg_bindir()
         self.tmp = Path(tempfile.mkdtemp(prefix="pgtest-"))
         self.data_dir = self.tmp / "data"
@@ -173,9 +174,11 @@ class PostgresCluster:
                     "-c", "listen_addresses=127.0.0.1",
                     "-c", f"port={self.port}",
                     "-c", f"unix_socket_directories={self.sock_dir}",
-                    "-c", "fsync=off",
-                    "-c", "synchronous_commit=off",
-                    "-c", "full_page_writes=off",
+                    *(["-c", "max_connections=200"] if self.durable else [
+                        "-c", "fsync=off",
+                        "-c", "synchronous_commit=off",
+                        "-c", "full_page_writes=off",
+                    ]),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
