@@ -1,11 +1,12 @@
 """`make bench`: every figure of the performance table, each against its baseline in the same run.
 
-    .venv/bin/python -m bench [--only P1,P5] [--burst-events 3000] [--rounds 2]
+    .venv/bin/python -m bench [--only P1,P5] [--burst-events 1000] [--burst-rounds 2] …
 
 P1 (bench.ingest), P2/P3/P4/P6 (bench.flow_start), P5 on the default stack (Prefect on SQLite)
 and on Prefect-on-PostgreSQL (bench.burst). Each module runs its own rounds, interleaving ours
 and the baseline; the table at the end has min / median / max of both, the ratio of the medians
-and the goal. About 10 minutes on 2 cores; the modules also run alone, with more rounds.
+and the goal. About 10 minutes on 2 cores; the modules also run alone, with more rounds (and
+`python -m bench.burst --events 10000` for the full burst of the issue).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(PARTS), help="figures to measure, e.g. P1,P5")
     parser.add_argument("--rounds", type=int, default=3, help="P1 rounds of wrk")
     parser.add_argument("--runs", type=int, default=8, help="P2-P4 runs of each side")
-    parser.add_argument("--burst-events", type=int, default=3000, help="P5 events per burst")
+    parser.add_argument("--burst-events", type=int, default=1000, help="P5 events per burst")
     parser.add_argument("--burst-rounds", type=int, default=2, help="P5 rounds per database")
+    parser.add_argument("--raw-sample", type=int, default=250, help="P5 baseline creates per try")
     args = parser.parse_args()
     wanted = {part.strip().upper() for part in args.only.split(",")}
     started = time.monotonic()
@@ -42,7 +44,9 @@ def main() -> None:
     if "P5" in wanted:
         with durable_postgres() as pg_url:
             for prefect_db in ("sqlite", "postgres"):
-                figures.append(burst_figure(pg_url, prefect_db, args.burst_events, args.burst_rounds, 2000))
+                figures.append(
+                    burst_figure(pg_url, prefect_db, args.burst_events, args.burst_rounds, args.raw_sample)
+                )
     print(f"\nmachine at the end: {machine()}; took {(time.monotonic() - started) / 60:.1f} min")
     print_table(figures)
 

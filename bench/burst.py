@@ -2,15 +2,16 @@
 
     .venv/bin/python -m bench.burst [--events 10000] [--rounds 2] [--prefect-db sqlite|postgres|both]
 
-Each measurement gets a fresh Prefect server (the local stack's settings; a fresh database). The
-baseline creates runs directly with Prefect's async client, one `create_flow_run_from_deployment`
-per run (a 503 that outlives the client's own retries is sent again), at the better of 1 and 4
-requests at once, over the first `--raw-sample` runs only: the rate of a fresh, small database,
-which overstates the raw rate of a whole burst (creates slow down as the database grows), so
-the ratio errs against the shim. Ours sends the burst to a `python -m shim` (key mode, outbox on a durable
-PostgreSQL), 50 events per request, and counts until the outbox has no pending event. Both spread
-the runs over the same five deployments, registered but not served (the runs stay Scheduled, as
-they would behind a busy serve). Afterwards every event must have exactly one run.
+Each database kind gets one fresh Prefect server (the local stack's settings) for all its rounds;
+the two sides alternate which goes first. The baseline creates runs directly with Prefect's
+async client, one `create_flow_run_from_deployment` per run (a 503 that outlives the client's
+own retries is sent again), at the better of 1 and 4 requests at once, `--raw-sample` runs each:
+the rate of a small database, which overstates the raw rate of a whole burst (creates slow down
+as the database grows), so the ratio errs against the shim. Ours sends the burst to a
+`python -m shim` (key mode, outbox on a durable PostgreSQL), 50 events per request, and counts
+until the outbox has no pending event. Both spread the runs over the same five deployments,
+registered but not served (the runs stay Scheduled, as they would behind a busy serve).
+Afterwards every event must have exactly one run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,7 +60,9 @@ async def register(api_url: str) -> dict[str, str]:
         return ids
 
 
-async def raw_creates(api_url: str, deployments: dict[str, str], count: int, concurrency: int) -> float:
+async def raw_creates(
+    api_url: str, deployments: dict[str, str], count: int, concurrency: int, tag: str
+) -> float:
     """Seconds for `count` runs created one request each, `concurrency` at a time."""
     from prefect.client.orchestration import PrefectClient
     from prefect.exceptions import PrefectHTTPStatusError
@@ -74,8 +78,8 @@ async def raw_creates(api_url: str, deployments: dict[str, str], count: int, con
                         await client.create_flow_run_from_deployment(
                             uuid.UUID(deployments[names[i % len(names)]]),
                             parameters={"limit": i + 1},
-                            idempotency_key=f"bench-raw-{i}",
-                            tags=["bench-raw"],
+                            idempotency_key=f"{tag}-{i}",
+                            tags=[tag],
                         )
                         return
                     except PrefectHTTPStatusError as exc:
@@ -149,40 +153,37 @@ def pending(pg_url: str, schema: str) -> int:
     return int(value)
 
 
-def measure_raw(pg_url: str, prefect_db: str, count: int, concurrency: int) -> float:
-    home = WORK / f"raw-{uuid.uuid4().hex[:6]}"
-    database = (
-        create_database(pg_url, f"prefect_{uuid.uuid4().hex[:8]}") if prefect_db == "postgres" else None
-    )
-    with prefect_server(home, database) as server:
-        deployments = asyncio.run(register(server.url))
-        seconds = asyncio.run(raw_creates(server.url, deployments, count, concurrency))
-        created = asyncio.run(count_runs(server.url, "bench-raw"))
-    assert created == count, f"raw: {created} runs for {count} creates"
-    return count / seconds
+def measure_raw(api_url: str, deployments: dict[str, str], count: int, round_no: int) -> float:
+    """The better rate of `count` creates one at a time and `count` creates 4 at once."""
+    rates = []
+    for concurrency in (1, 4):
+        tag = f"bench-raw-{round_no}-{concurrency}"
+        seconds = asyncio.run(raw_creates(api_url, deployments, count, concurrency, tag))
+        created = asyncio.run(count_runs(api_url, tag))
+        assert created == count, f"raw: {created} runs for {count} creates"
+        rates.append(count / seconds)
+        print(f"    raw creates, {concurrency} at once: {rates[-1]:.1f} runs/s", flush=True)
+    return max(rates)
 
 
-def measure_shim(pg_url: str, prefect_db: str, count: int, notes: dict[str, Any]) -> float:
-    home = WORK / f"shim-{uuid.uuid4().hex[:6]}"
-    database = (
-        create_database(pg_url, f"prefect_{uuid.uuid4().hex[:8]}") if prefect_db == "postgres" else None
-    )
+def measure_shim(
+    server_url: str, home: Path, pg_url: str, count: int, round_no: int, notes: dict[str, Any]
+) -> float:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    with prefect_server(home, database) as server:
-        asyncio.run(register(server.url))
-        env = base_env(home) | {
-            "PREFECT_API_URL": server.url,
-            "DATABASE_URL": pg_url,
-            "POLIGRAPH_SHIM_SCHEMA": schema,
-            "POLIGRAPH_EVENT_KEYS": KEY,
-        }
-        with shim(env) as (url, _proc):
-            started = time.perf_counter()
-            acknowledged = send_burst(url, count)
-            wait_until(lambda: pending(pg_url, schema) == 0, 3600, "the burst to drain", interval=0.2)
-            seconds = time.perf_counter() - started
-            busy = _metric(url, 'poligraph_shim_dispatch_errors_total{kind="busy"}')
-        runs = asyncio.run(count_runs(server.url, "inngest"))
+    env = base_env(home) | {
+        "PREFECT_API_URL": server_url,
+        "DATABASE_URL": pg_url,
+        "POLIGRAPH_SHIM_SCHEMA": schema,
+        "POLIGRAPH_EVENT_KEYS": KEY,
+    }
+    before = asyncio.run(count_runs(server_url, "inngest"))
+    with shim(env, f"shim-{round_no}") as (url, _proc):
+        started = time.perf_counter()
+        acknowledged = send_burst(url, count)
+        wait_until(lambda: pending(pg_url, schema) == 0, 3600, "the burst to drain", interval=0.2)
+        seconds = time.perf_counter() - started
+        busy = _metric(url, 'poligraph_shim_dispatch_errors_total{kind="busy"}')
+    runs = asyncio.run(count_runs(server_url, "inngest")) - before
     events, done, distinct = outbox_state(pg_url, schema)
     lost, duplicated = count - done, runs - count
     notes.setdefault("ack", []).append(acknowledged)
@@ -201,27 +202,34 @@ def _metric(url: str, sample: str) -> float:
 
 
 def burst_figure(pg_url: str, prefect_db: str, count: int, rounds: int, raw_sample: int) -> Figure:
+    """One Prefect server (a fresh database) for every round of both sides: the order alternates
+    between rounds, so the database's growth weighs on each side alike."""
     label = "Prefect on SQLite (default stack)" if prefect_db == "sqlite" else "Prefect on PostgreSQL"
+    raw_count = min(count, raw_sample)
     figure = Figure(
         key="P5",
         title=f"burst of {count:,} events → flow runs, {label}",
         unit="runs/s",
-        baseline_name=f"raw creates, best of 1 and 4 at once, first {min(count, raw_sample):,} runs",
+        baseline_name=f"raw single creates, best of 1 and 4 at once, {raw_count:,} runs each",
         goal="≥ 0.8×, 0 lost, 0 duplicated",
         fmt="{:.1f}",
         higher_is_better=True,
     )
     notes: dict[str, Any] = {}
-    for round_no in range(rounds):
-        order = ["raw", "shim"] if round_no % 2 == 0 else ["shim", "raw"]
-        for side in order:
-            if side == "raw":
-                rate = max(measure_raw(pg_url, prefect_db, min(count, raw_sample), c) for c in (1, 4))
-                figure.baseline.add(rate)
-            else:
-                figure.ours.add(measure_shim(pg_url, prefect_db, count, notes))
-            latest = (figure.baseline if side == "raw" else figure.ours).values[-1]
-            print(f"  P5 {prefect_db} round {round_no + 1} {side}: {latest:.1f} runs/s", flush=True)
+    home = WORK / f"burst-{prefect_db}-{uuid.uuid4().hex[:6]}"
+    database = (
+        create_database(pg_url, f"prefect_{uuid.uuid4().hex[:8]}") if prefect_db == "postgres" else None
+    )
+    with prefect_server(home, database) as server:
+        deployments = asyncio.run(register(server.url))
+        for round_no in range(rounds):
+            for side in ["raw", "shim"] if round_no % 2 == 0 else ["shim", "raw"]:
+                if side == "raw":
+                    figure.baseline.add(measure_raw(server.url, deployments, raw_count, round_no))
+                else:
+                    figure.ours.add(measure_shim(server.url, home, pg_url, count, round_no, notes))
+                latest = (figure.baseline if side == "raw" else figure.ours).values[-1]
+                print(f"  P5 {prefect_db} round {round_no + 1} {side}: {latest:.1f} runs/s", flush=True)
     figure.passes = lambda f: f.ratio >= 0.8 and not any(notes["lost"]) and not any(notes["duplicated"])
     figure.notes.append(
         f"acknowledged in {Series(notes['ack']).summary('{:.1f}')} s; lost {sum(notes['lost'])}, "

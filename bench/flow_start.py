@@ -101,6 +101,16 @@ async def run_by_tag(api_url: str, tag: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
+def create_bare_run(client: httpx.Client, deployment_url: str) -> dict[str, Any]:
+    """One create call, sent again after a 503 (Prefect's SQLite busy) as any client would."""
+    while True:
+        reply = client.post(f"{deployment_url}/create_flow_run", json={})
+        if reply.status_code != 503:
+            reply.raise_for_status()
+            return dict(reply.json())
+        time.sleep(0.1)
+
+
 def started_at(starts: Path, name: str, before: set[Path]) -> float | None:
     new = [p for p in starts.glob(f"{name}-*.start") if p not in before]
     return float(new[0].read_text()) if new else None
@@ -221,12 +231,8 @@ def flow_start_figures(runs: int) -> list[Figure]:
                             )
                         else:
                             t0 = time.time()
-                            reply = client.post(
-                                f"{server.url}/deployments/{ids['bare-step/bare']}/create_flow_run", json={}
-                            )
+                            run = create_bare_run(client, f"{server.url}/deployments/{ids['bare-step/bare']}")
                             create_call = time.time() - t0
-                            reply.raise_for_status()
-                            run = reply.json()
                         name = SCRIPT if side == "ours" else "bare"
                         script_start = wait_until(
                             lambda n=name, b=before: started_at(starts, n, b), 60, "the step", interval=0.02

@@ -8,13 +8,10 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,17 +26,14 @@ sys.path.insert(0, str(REPO / "tests"))  # tests/support: the PostgreSQL binarie
 
 from scripts.prefect_settings import server_environment  # noqa: E402
 from support.pg_cluster import PostgresCluster, apply_sql  # noqa: E402
+from support.polling import wait_for  # noqa: E402
+from support.ports import free_port  # noqa: E402,F401 (the benchmarks' ports)
+from support.processes import stop_process_group  # noqa: E402
 
 T = TypeVar("T")
 WORK = Path(tempfile.mkdtemp(prefix="poligraph-bench-"))
 KEY = "bench-event-key"
 NOOP_SCRIPT = REPO / "bench" / "noop_script.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def machine() -> str:
@@ -58,14 +52,7 @@ def machine() -> str:
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, interval, what)
 
 
 def answers(url: str) -> bool:
@@ -155,16 +142,8 @@ def spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> 
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+    if proc.poll() is None:
+        stop_process_group(proc, timeout)
 
 
 def base_env(home: Path) -> dict[str, str]:
