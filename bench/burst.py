@@ -11,6 +11,7 @@ as the database grows), so the ratio errs against the shim. Ours sends the burst
 `python -m shim` (key mode, outbox on a durable PostgreSQL), 50 events per request, and counts
 until the outbox has no pending event. Both spread the runs over the same five deployments,
 registered but not served (the runs stay Scheduled, as they would behind a busy serve).
+`POLIGRAPH_SHIM_*` variables in the environment reach the shim under test (to try its settings).
 Afterwards every event must have exactly one run.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -170,12 +172,17 @@ def measure_shim(
     server_url: str, home: Path, pg_url: str, count: int, round_no: int, notes: dict[str, Any]
 ) -> float:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
-    env = base_env(home) | {
-        "PREFECT_API_URL": server_url,
-        "DATABASE_URL": pg_url,
-        "POLIGRAPH_SHIM_SCHEMA": schema,
-        "POLIGRAPH_EVENT_KEYS": KEY,
-    }
+    tuning = {k: v for k, v in os.environ.items() if k.startswith("POLIGRAPH_SHIM_")}  # to try settings
+    env = (
+        base_env(home)
+        | tuning
+        | {
+            "PREFECT_API_URL": server_url,
+            "DATABASE_URL": pg_url,
+            "POLIGRAPH_SHIM_SCHEMA": schema,
+            "POLIGRAPH_EVENT_KEYS": KEY,
+        }
+    )
     before = asyncio.run(count_runs(server_url, "inngest"))
     with shim(env, f"shim-{round_no}") as (url, _proc):
         started = time.perf_counter()
