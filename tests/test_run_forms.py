@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from prefect.utilities.schema_tools.validation import ValidationError, validate
 
@@ -117,6 +117,7 @@ flag_like = st.one_of(
 )
 
 
+@settings(deadline=None)  # a property of results; one example took 300 ms on a loaded machine
 @given(
     script=st.sampled_from(sorted(s.id for s in CATALOG.standalone_scripts)),
     flags=st.lists(flag_like, max_size=4),
