@@ -28,6 +28,7 @@ from scripts.prefect_settings import server_environment  # noqa: E402
 from support.pg_cluster import PostgresCluster, apply_sql  # noqa: E402
 from support.polling import wait_for  # noqa: E402
 from support.ports import free_port  # noqa: E402,F401 (the benchmarks' ports)
+from support.prefect_server import server_command  # noqa: E402
 from support.processes import stop_process_group  # noqa: E402
 
 T = TypeVar("T")
@@ -206,18 +207,7 @@ def prefect_server(
     env = server_environment(env | (extra or {}))
     log = home / f"prefect-{port}.log"
     proc = spawn(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-ui",
-        ],
+        server_command(port),
         env,
         log,
     )

@@ -18,6 +18,22 @@ from support.ports import free_port
 from support.processes import stop_process_group
 
 
+def server_command(port: int) -> list[str]:
+    """`prefect server start` on 127.0.0.1:port, without the UI."""
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-ui",
+    ]
+
+
 def start_prefect_server(
     port: int, home: Path, log_name: str, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
@@ -25,18 +41,7 @@ def start_prefect_server(
     env = {**os.environ, "PREFECT_HOME": str(home), **(extra_env or {})}
     log = (STATE / log_name).open("ab")
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-ui",
-        ],
+        server_command(port),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
