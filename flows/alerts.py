@@ -1,7 +1,7 @@
 """Failure alerts for critical scripts: a JSON POST to POLIGRAPH_ALERT_WEBHOOK_URL, off the
 critical path.
 
-The payload follows the app's `sync.failed` webhook (docs/poligraph-app.md) plus the ids operators
+The payload follows the app's `sync.failed` webhook (docs/app-facts.md) plus the ids operators
 need:
     {"event": "sync.failed", "script", "jobId", "flowRunId", "status": "FAILED", "error",
      "timestamp", "url"}

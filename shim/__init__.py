@@ -8,5 +8,5 @@ turned into flow runs. Imports only the core.
     mapping    event -> deployment    body       request bodies within the limits
     text, logs safe log lines         server     uvicorn with connection limits
 
-See docs/inngest-wire.md for the protocol and docs/architecture.md for the layers.
+See docs/event-api-protocol.md for the protocol and docs/architecture.md for the layers.
 """

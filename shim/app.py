@@ -78,7 +78,7 @@ def create_app(
         dispatcher.stop()
 
     app = FastAPI(title="poligraph-jobs Inngest shim", lifespan=lifespan, openapi_url=None)
-    app.add_middleware(  # open as the Inngest server's (docs/inngest-wire.md, "Replies")
+    app.add_middleware(  # open as the Inngest server's (docs/event-api-protocol.md, "Replies")
         CORSMiddleware,
         allow_origins=["*"],
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],

@@ -1,10 +1,10 @@
 """Parse and validate an Event API body the way the Inngest server does: one object or an array,
-per-event decoding, then its normalisation and validation, in its order (docs/inngest-wire.md).
+per-event decoding, then its normalisation and validation, in its order (docs/event-api-protocol.md).
 
 Error texts are the server's, since clients show them to users. Differences, on purpose: a
 request with a bad event is rejected whole (nothing is stored), where Inngest would already have
 published the events before it; and a NUL in an event name is refused, since no PostgreSQL text
-column holds it (docs/inngest-wire.md, "What the shim does with bad input").
+column holds it (docs/event-api-protocol.md, "What the shim does with bad input").
 """
 
 from __future__ import annotations

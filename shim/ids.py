@@ -2,9 +2,8 @@
 
 `x-inngest-event-id-seed: <millis>,<base64 of 10 bytes>` is sent once per `send()` and reused on
 every retry. Event i (1-based) of the request gets ULID(millis, entropy with bytes 6-9, read as a
-big-endian uint32, plus i, wrapping at 2**32) — `SeededIDFromString` in inngest/inngest
-pkg/event/id.go, https://github.com/inngest/inngest). A missing or invalid seed gives a random
-ULID (docs/inngest-wire.md, "Ids").
+big-endian uint32, plus i, wrapping at 2**32), as the Inngest server's own seeded-id function
+does. A missing or invalid seed gives a random ULID (docs/event-api-protocol.md, "Ids").
 """
 
 from __future__ import annotations

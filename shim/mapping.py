@@ -1,6 +1,6 @@
 """Event → deployment and flow parameters, from the catalog; refused data says why.
 
-Event data keys (what the admin and the app's CLI send, docs/poligraph-app.md "The events"):
+Event data keys (what the admin and the app's CLI send, docs/app-facts.md "The events"):
     jobId   the SyncJob row the admin created (the run then owns it)
     limit   a positive whole number (--limit)
     flags   a string of flags, "--all --limit=5" (split on spaces, never given to a shell)

@@ -1,5 +1,5 @@
 """The Inngest Event API's reply shapes and header names, byte for byte what its server sends
-(docs/inngest-wire.md). Clients check the JSON `status` field, so every reply carries one."""
+(docs/event-api-protocol.md). Clients check the JSON `status` field, so every reply carries one."""
 
 from __future__ import annotations
 
