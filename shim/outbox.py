@@ -233,40 +233,26 @@ class EventOutbox:
         now = utcnow()
         finished = [o for o in outcomes if o.status != PENDING]
         postponed = [o for o in outcomes if o.status == PENDING]
-        if finished:
-            conn.execute(
-                sa.update(inngest_event)
-                .where(inngest_event.c.pk == sa.bindparam("b_pk"))
-                .values(
-                    status=sa.bindparam("b_status"),
-                    flow_run_id=sa.bindparam("b_run"),
-                    last_error=sa.bindparam("b_error"),
-                    done_at=now,
-                ),
-                [
-                    {"b_pk": o.pk, "b_status": o.status, "b_run": o.flow_run_id, "b_error": o.error}
-                    for o in finished
-                ],
-            )
-        if postponed:
-            conn.execute(
-                sa.update(inngest_event)
-                .where(inngest_event.c.pk == sa.bindparam("b_pk"))
-                .values(
-                    attempts=sa.bindparam("b_attempts"),
-                    next_attempt_at=sa.bindparam("b_next"),
-                    last_error=sa.bindparam("b_error"),
-                ),
-                [
-                    {
-                        "b_pk": o.pk,
-                        "b_attempts": o.attempts,
-                        "b_next": o.next_attempt_at or now,
-                        "b_error": (o.error or "")[:2000],
-                    }
-                    for o in postponed
-                ],
-            )
+        _update_each(
+            conn,
+            [
+                {"pk": o.pk, "status": o.status, "flow_run_id": o.flow_run_id, "last_error": o.error}
+                for o in finished
+            ],
+            done_at=now,
+        )
+        _update_each(
+            conn,
+            [
+                {
+                    "pk": o.pk,
+                    "attempts": o.attempts,
+                    "next_attempt_at": o.next_attempt_at or now,
+                    "last_error": (o.error or "")[:2000],
+                }
+                for o in postponed
+            ],
+        )
 
     def finish(self, conn: Connection, pk: str, status: str, **values: Any) -> None:
         self.apply(conn, [Outcome(pk, status, values.get("flow_run_id"), values.get("last_error"))])
@@ -363,3 +349,19 @@ def open_outbox(shim: ShimSettings, app: Settings | None = None) -> EventOutbox:
     engine = _engine(shim_database_url(shim, app), shim.schema_name)
     migrate(engine, shim.schema_name)
     return EventOutbox(engine, shim.dedupe_hours)
+
+
+def _update_each(conn: Connection, rows: list[dict[str, Any]], **same: Any) -> None:
+    """One UPDATE of the event table run for every row (executemany): a row's `pk` picks the
+    event, its other keys are the new values; `same` is set on all of them."""
+    if not rows:
+        return
+    columns = [name for name in rows[0] if name != "pk"]
+    statement = (
+        sa.update(inngest_event)
+        .where(inngest_event.c.pk == sa.bindparam("b_pk"))
+        .values({name: sa.bindparam(f"b_{name}") for name in columns})
+    )
+    if same:
+        statement = statement.values(**same)
+    conn.execute(statement, [{f"b_{name}": value for name, value in row.items()} for row in rows])
