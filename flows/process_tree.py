@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -31,6 +32,7 @@ RUN_TAG = "POLIGRAPH_FLOW_RUN_ID"
 STEP_TAG = "POLIGRAPH_STEP_ID"
 _DEAD = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 _PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+_PR_SET_PDEATHSIG = 1
 POLL_SECONDS = 0.1
 SIGKILL_WAIT_SECONDS = 5.0  # members in uninterruptible sleep take a moment to go after SIGKILL
 
@@ -70,17 +72,30 @@ def signal_process(pid: int, started: float | None, sig: signal.Signals) -> bool
         return False
 
 
-def become_subreaper() -> bool:
-    """Make orphaned descendants of this process re-parent to it (Linux only); True when set.
-
-    psutil and the standard library do not expose prctl, and python-prctl would be a compiled
-    dependency for one call, hence ctypes.
-    """
+def _load_prctl() -> Callable[..., int] | None:
+    # psutil and the standard library do not expose prctl, and python-prctl would be a compiled
+    # dependency for two calls, hence ctypes. Resolved at import, so a forked child (see
+    # die_with_parent) only makes the call.
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        return False
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants of this process re-parent to it (Linux only); True when set."""
+    return _PRCTL is not None and _PRCTL(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def die_with_parent() -> None:
+    """For a child between fork and exec: SIGTERM when its parent dies (Linux only)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def tag_of(process: psutil.Process, name: str) -> str | None:

@@ -12,8 +12,6 @@ in the terminal reaches only this supervisor) and gets SIGTERM if the supervisor
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -25,27 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    # Neither psutil nor the standard library expose prctl; ctypes avoids a compiled dependency.
-    # Resolved here, in the parent, so the forked child only makes the call.
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: SIGTERM when the supervisor dies."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+from flows.process_tree import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -190,7 +168,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call between fork and exec
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call between fork and exec
         )
         child.started_at, child.started_wall = time.monotonic(), time.time()
         child.starts += 1
