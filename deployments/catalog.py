@@ -179,9 +179,14 @@ def _known_flag(catalog: Catalog, name: str, where: str) -> None:
         raise ValueError(f"{where}: flag {name!r} is not defined under flags:")
 
 
+# libyaml's safe loader when PyYAML was built with it: the same documents, parsed ~10x faster
+# (a flow run loads the catalog before its first step).
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_catalog(path: Path) -> Catalog:
     with path.open(encoding="utf-8") as handle:
-        return Catalog.model_validate(yaml.safe_load(handle))
+        return Catalog.model_validate(yaml.load(handle, Loader=_SafeLoader))
 
 
 @lru_cache(maxsize=4)

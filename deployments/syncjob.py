@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import string
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -104,12 +105,18 @@ def _engine(url: str) -> Engine:
     )
 
 
+_engine_lock = threading.Lock()  # one engine per URL, also when two threads ask at once
+
+
 def engine_for(settings: Settings | None = None) -> Engine:
     settings = settings or get_settings()
     if settings.database_url:
-        return _engine(sqlalchemy_url(settings.database_url))
-    settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    return _engine(f"sqlite:///{settings.sqlite_path}")
+        url = sqlalchemy_url(settings.database_url)
+    else:
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{settings.sqlite_path}"
+    with _engine_lock:
+        return _engine(url)
 
 
 _BASE36 = string.digits + string.ascii_lowercase
@@ -248,14 +255,20 @@ class SyncJobRepository:
             values["total"] = total
         self._update(job_id, values, sync_job.c.status.in_(ACTIVE))  # a late write never reopens a row
 
-    def mark_completed(self, job_id: str, result: Mapping[str, Any]) -> bool:
-        values = {
+    def mark_completed(
+        self, job_id: str, result: Mapping[str, Any], processed: int | None = None, total: int | None = None
+    ) -> bool:
+        values: dict[str, Any] = {
             "status": SyncJobStatus.COMPLETED,
             "progress": 100,
             "completedAt": utcnow(),
             "result": dict(result),
             "error": None,
         }
+        if processed is not None:
+            values["processed"] = processed
+        if total is not None:
+            values["total"] = total
         return self._transition(lambda: self._update(job_id, values))
 
     def mark_failed(

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -117,17 +116,21 @@ class ArtifactWriter:
             self._created.append((kind, key, description, data))
             self._cond.notify_all()
 
-    def close(self, timeout: float = FLUSH_SECONDS) -> bool:
-        """Let what is queued be written and the sink closed, for at most `timeout` s; True when
-        all of it was."""
-        deadline = time.monotonic() + timeout
+    def finish(self) -> None:
+        """No more calls: the thread writes what is queued, closes the sink and ends."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            if not self._cond.wait_for(self._idle, timeout):
-                return False
-        self._thread.join(max(0.0, deadline - time.monotonic()))
+
+    def wait(self, timeout: float = FLUSH_SECONDS) -> bool:
+        """Wait (at most `timeout` s) for the thread to end after `finish`; True when it did."""
+        self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def close(self, timeout: float = FLUSH_SECONDS) -> bool:
+        """`finish`, then `wait`: True when everything queued was written and the sink closed."""
+        self.finish()
+        return self.wait(timeout)
 
     def _idle(self) -> bool:
         return not self._busy and self._progress is None and not self._created
@@ -199,15 +202,18 @@ class RunArtifacts:
 
 
 _active: dict[str, RunArtifacts] = {}  # by SyncJob id: what the step's progress tracker knows
+_finishing: dict[str, ArtifactWriter] = {}  # by flow-run id: writers the run's end hook waits for
 
 
 @contextmanager
 def run_artifacts(
-    plan: Plan, job_id: str, flow_run_id: str, sink: ArtifactSink | None = None
+    plan: Plan, job_id: str, flow_run_id: str, sink: ArtifactSink | None = None, flush_later: bool = False
 ) -> Iterator[list[StepResult]]:
     """For the block (the run's steps): live progress; after it, whatever happened, the summary.
 
-    Yields the list the steps' results go into."""
+    Yields the list the steps' results go into. The end waits for the summary to be written,
+    unless `flush_later`: then the flow's end hook (`flush_artifacts`) waits, once the run's
+    final state is set, so that the artifacts never hold the run's Completed up."""
     writer = ArtifactWriter(sink or PrefectArtifacts(UUID(flow_run_id)))
     run = RunArtifacts(plan, writer)
     _active[job_id] = run
@@ -223,8 +229,18 @@ def run_artifacts(
             run.finish(error)
         except Exception:  # never mask the run's own outcome
             log.warning("could not summarise the run of SyncJob %s", job_id, exc_info=True)
-        if not writer.close():
+        if flush_later:
+            writer.finish()
+            _finishing[flow_run_id] = writer
+        elif not writer.close():
             log.warning("artifacts of SyncJob %s: not all written within %ss", job_id, FLUSH_SECONDS)
+
+
+def flush_artifacts(flow_run_id: str) -> None:
+    """Wait (at most FLUSH_SECONDS) for the artifacts a run left to its end hook."""
+    writer = _finishing.pop(flow_run_id, None)
+    if writer is not None and not writer.wait():
+        log.warning("artifacts of flow run %s: not all written within %ss", flow_run_id, FLUSH_SECONDS)
 
 
 def step_started(job_id: str, index: int) -> None:

@@ -48,7 +48,8 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
             return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
         logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
         # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
-        with artifacts.run_artifacts(plan, job, run_id) as results:
+        # (written after the run's final state: the flow's hooks wait for it, flows/hooks.py)
+        with artifacts.run_artifacts(plan, job, run_id, flush_later=True) as results:
             run_steps(plan, job, repository, logger, results)
             return finish(plan, job, results, repository)
 

@@ -1,4 +1,5 @@
-"""Flow state hooks that mark the SyncJob row FAILED on failure, crash or cancellation.
+"""Flow state hooks: the SyncJob row FAILED on failure, crash or cancellation; the run's last
+artifacts written once its final state is set.
 
 Hooks run client side and are not guaranteed (docs/prefect.md, "State hooks"): the flow body
 writes every other transition itself, and the reconciler repairs rows whose hook never ran.
@@ -18,6 +19,7 @@ from deployments.catalog import get_catalog
 from deployments.specs import is_critical, row_script_for
 from deployments.syncjob import job_id_for_flow_run, syncjob_repository
 from flows.alerts import alert_failure
+from flows.artifacts import flush_artifacts
 
 log = logging.getLogger(__name__)
 _EXCEPTION_PREFIX = "Flow run encountered an exception:"
@@ -52,8 +54,15 @@ def mark_job_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) 
         log.exception("could not mark SyncJob %s failed", job_id)
 
 
-FAILURE_HOOKS: dict[str, Any] = {
-    "on_failure": [mark_job_failed],
+def flush_run_artifacts(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """The run's summary artifacts, queued at its end, written before its process goes."""
+    flush_artifacts(str(flow_run.id))
+
+
+# on_crashed runs where the process is gone (the runner): nothing of the run's to flush there.
+RUN_HOOKS: dict[str, Any] = {
+    "on_completion": [flush_run_artifacts],
+    "on_failure": [mark_job_failed, flush_run_artifacts],
     "on_crashed": [mark_job_failed],
-    "on_cancellation": [mark_job_failed],
+    "on_cancellation": [mark_job_failed, flush_run_artifacts],
 }

@@ -5,9 +5,9 @@ A step reads its script's output and enforces its deadline in one loop; a progre
 waits for an unreachable database would stall both. So a run's repository (`run_repository`)
 hands progress to a `ProgressWriter`: one thread per process writes the latest value of each
 row; a write that fails is kept, unless a newer value replaces it (the last value wins), and tried
-again after a pause. COMPLETED and FAILED first wait a moment for the row's pending progress (so
-the final `processed` / `total` land), then go through the retried transitions of
-`SyncJobRepository`. Progress still pending when the process exits is lost; a state never is.
+again after a pause. COMPLETED takes the row's pending progress into its own update, FAILED first
+waits a moment for it (so the final `processed` / `total` land), then both go through the retried
+transitions of `SyncJobRepository`. Progress still pending when the process exits is lost; a state never is.
 """
 
 from __future__ import annotations
@@ -46,6 +46,13 @@ class ProgressWriter:
         with self._changed:
             self._pending[job_id] = (progress, processed, total)
             self._changed.notify_all()
+
+    def take(self, job_id: str, timeout: float = FLUSH_SECONDS) -> Progress | None:
+        """The row's progress not written yet, removed from the queue (for a final state to write
+        in its own statement); a write already under way is waited for (at most `timeout`)."""
+        with self._changed:
+            self._changed.wait_for(lambda: job_id not in self._busy, timeout)
+            return self._pending.pop(job_id, None)
 
     def flush(self, job_id: str, timeout: float = FLUSH_SECONDS) -> bool:
         """Wait (at most `timeout`) until the row has nothing pending; True when it has not."""
@@ -105,9 +112,13 @@ class RunRepository(SyncJobRepository):
     ) -> None:
         self.writer.submit(job_id, progress, processed, total)
 
-    def mark_completed(self, job_id: str, result: Mapping[str, Any]) -> bool:
-        self.writer.flush(job_id)
-        return super().mark_completed(job_id, result)
+    def mark_completed(
+        self, job_id: str, result: Mapping[str, Any], processed: int | None = None, total: int | None = None
+    ) -> bool:
+        # the pending progress rides on the COMPLETED update (one statement, no wait for a write)
+        if pending := self.writer.take(job_id):
+            _, processed, total = pending
+        return super().mark_completed(job_id, result, processed, total)
 
     def mark_failed(
         self,

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-import httpx
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run, task_run
 
 from deployments.plans import PlannedStep
@@ -23,11 +18,11 @@ from flows.progress import parse_progress
 from flows.progress_tracker import ProgressTracker
 from flows.progress_writer import run_repository
 from flows.script_runner import ProcessOutcome, run_process
+from flows.slots import held_slot
 from flows.step_results import StepResult
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 MAX_LOG_LINE = 10_000
-SLOT_LEASE_SECONDS = 60
 STDERR_LINES_IN_ERROR = 15
 
 
@@ -89,7 +84,8 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
         run_repository(settings), job_id, step_index, step_count, settings.progress_interval_seconds
     )
     argv = step_argv(settings, step)
-    with script_slot(step.script, logger):
+    holder = {"type": "task_run", "id": str(task_run.id)} if task_run.id else None
+    with held_slot(script_limit_name(step.script), logger, holder):
         logger.info("$ %s (timeout %ss)", " ".join(argv), int(step.timeout_seconds))
         outcome = run_process(
             argv,
@@ -107,40 +103,6 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
         raise StepFailed(failure_message(step, outcome, attempt))
     logger.info("%s finished in %.1fs", step.script, outcome.duration_seconds)
     return StepResult.succeeded(step.name, step.script, outcome.exit_code, outcome.duration_seconds, attempt)
-
-
-@contextmanager
-def script_slot(script: str, logger: Logger) -> Iterator[None]:
-    """Hold the script's global concurrency slot for the block.
-
-    strict: a missing limit is an error, never an unprotected run. lease_duration at Prefect's
-    minimum: the lease is renewed while we hold it, and the slot of a process killed outright (no
-    release) frees itself within a minute instead of five. A release that fails because the
-    Prefect server is away (a fresh client does not retry a refused connection) does not fail a
-    step whose script succeeded: the lease expires by itself (docs/prefect.md, "Concurrency limits").
-    """
-    slot = concurrency(script_limit_name(script), occupy=1, strict=True, lease_duration=SLOT_LEASE_SECONDS)
-    slot.__enter__()
-    try:
-        yield
-    except BaseException:
-        _release(slot, script, logger, sys.exc_info())
-        raise
-    _release(slot, script, logger, (None, None, None))
-
-
-def _release(slot: AbstractContextManager[None], script: str, logger: Logger, exc_info: Any) -> None:
-    try:
-        slot.__exit__(*exc_info)
-    except httpx.TransportError as exc:
-        if exc is exc_info[1]:
-            raise
-        logger.warning(
-            "could not release the %s slot (Prefect unreachable: %s); its lease expires within %ss",
-            script,
-            type(exc).__name__,
-            SLOT_LEASE_SECONDS,
-        )
 
 
 def configured(step: PlannedStep, settings: Settings | None = None) -> Task[..., StepResult]:

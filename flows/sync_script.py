@@ -10,11 +10,11 @@ from prefect.states import Completed, State
 from deployments.catalog import get_catalog
 from deployments.plans import plan_script
 from flows.execution import execute_plan, require_enabled
-from flows.hooks import FAILURE_HOOKS
+from flows.hooks import RUN_HOOKS
 from flows.missed import missed_slot_reason
 
 
-@flow(name="sync-script", persist_result=True, log_prints=True, **FAILURE_HOOKS)
+@flow(name="sync-script", persist_result=True, log_prints=True, **RUN_HOOKS)
 def sync_script(
     script: str,
     job_id: str | None = None,

@@ -2,17 +2,17 @@
 
     python -m scripts.serve
 
-Runs execute in subprocesses of this one. `limit` is explicit (None would mean unlimited) and
+Runs execute in subprocesses of this one, forked from a server process that has Prefect and the
+flows imported (scripts/forkserver.py). `limit` is explicit (None would mean unlimited) and
 `pause_on_shutdown=False` keeps the crons active across restarts (docs/prefect.md, "serve").
 
-Imports are inside the functions: Prefect starts each flow run with multiprocessing's "spawn",
-which imports this module again in the new process (as `__mp_main__`) before the flow's own.
-What is imported here is paid by every run (docs/prefect.md, "Flow start").
+Imports are inside the functions so that `import scripts.serve` stays cheap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -48,21 +48,26 @@ def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
 
 
 def main() -> None:
-    from prefect import serve
+    from deployments.settings import get_settings
+    from scripts.prefect_settings import small_ca_bundle_over_http
+
+    # before Prefect is imported: its settings (handed to every run) are read then
+    small_ca_bundle_over_http(os.environ, get_settings().home)
 
     from deployments.catalog import get_catalog
-    from deployments.settings import get_settings
     from deployments.specs import deployment_specs
+    from scripts.forkserver import serve_forked
     from scripts.limits import ensure_script_limits
     from scripts.reconcile import Reconciler
+    from scripts.run_forms import flow_of
 
     catalog = get_catalog()
     asyncio.run(ensure_script_limits(catalog))
-    deployments = [runner_deployment(spec) for spec in deployment_specs(catalog)]
+    deployments = [(runner_deployment(spec), flow_of(spec)) for spec in deployment_specs(catalog)]
     reconciler = Reconciler()  # its first pass also catches runs left dead by a previous stop
     reconciler.start()
     try:
-        serve(*deployments, limit=get_settings().serve_limit, pause_on_shutdown=False)
+        serve_forked(deployments, limit=get_settings().serve_limit)
     finally:
         reconciler.stop()
 

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import psutil
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.exceptions import PrefectHTTPStatusError
@@ -52,6 +53,28 @@ def assert_ran_one_after_the_other(stubs, script: str, deployments: list[str]) -
     intervals = stubs.intervals(script)
     assert len(intervals) == len(deployments)
     assert overlapping(intervals) == []
+
+
+def stub_process(serve: subprocess.Popen[bytes], script: str) -> psutil.Process | None:
+    for process in psutil.Process(serve.pid).children(recursive=True):
+        try:
+            if "stub_script.py" in " ".join(process.cmdline()) and script in process.cmdline():
+                return process
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_each_run_is_a_fork_of_the_preloaded_fork_server(served, syncjobs, stubs):
+    stubs.configure("alpha", sleep=3)
+    run = create_run("sync-script/alpha")
+    script = wait_for(lambda: stub_process(served, "alpha"), what="the run's script")
+    flow_run_process = script.parent()
+    server = flow_run_process.parent()
+    assert "multiprocessing.forkserver" in " ".join(server.cmdline())
+    assert "flows.sync_script" in " ".join(server.cmdline())  # what it preloaded
+    assert server.parent().pid == served.pid
+    assert wait_final(run).is_completed()
 
 
 def test_one_script_never_runs_twice_at_once_across_flows(served, syncjobs, stubs):
