@@ -1,7 +1,8 @@
 """A flow-run process's first connections, opened in the background as the process starts.
 
 A run's first SyncJob write pays for the database connection (and SQLAlchemy's first-connect
-queries), its first step for the slot client: 50 to 100 ms inside the run on two shared cores.
+queries), its plan for reading the catalog, its first step for the slot client: 50 to 100 ms
+inside the run on two shared cores.
 serve's fork server (scripts/forkserver.py) imports this module, which asks multiprocessing to
 call `warm_up_in_background` in every process forked from it: the work then overlaps with
 Prefect's own start of the run (about half a second before the run is Running). Best effort: a
@@ -14,6 +15,7 @@ import logging
 import threading
 from multiprocessing.util import register_after_fork
 
+from deployments.catalog import get_catalog
 from deployments.syncjob import syncjob_repository
 from flows.slots import slot_api
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 def warm_up() -> None:
     try:
+        get_catalog()  # parsed once per process: before the run's first step needs it
         with syncjob_repository().engine.connect():
             pass  # back to the pool, ready for the run's first write
         slot_api()

@@ -106,6 +106,25 @@ def test_progress_writes_are_throttled_to_one_per_interval(syncjobs):
     assert (row["progress"], row["processed"], row["total"]) == (60, 60, 100)
 
 
+def test_completed_carries_the_last_progress_counts_whether_written_yet_or_not(syncjobs):
+    from flows.progress_writer import RunRepository
+
+    repository = RunRepository(syncjobs)
+    for n in range(3):
+        job_id = f"cjobcounts0000000000000{n:03d}"
+        insert_pending(syncjobs, job_id, "alpha")
+        repository.mark_running(job_id, "alpha")
+        repository.set_progress(job_id, 40, 40 + n, 100)  # written in the background, or not yet
+        repository.mark_completed(job_id, {"ok": True})
+        row = raw_row(syncjobs, job_id)
+        assert (row["status"], row["progress"], row["processed"], row["total"]) == (
+            "COMPLETED",
+            100,
+            40 + n,
+            100,
+        )
+
+
 def test_group_progress_is_the_share_of_steps_and_hides_item_counts(syncjobs):
     insert_pending(syncjobs, "cjobgroup00000000000000001", "press")
     tracker = ProgressTracker(syncjobs, "cjobgroup00000000000000001", 1, 2, 0)
