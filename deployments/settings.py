@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         default=3600, ge=0, description="A missed cron slot older than this is not run at all."
     )
     serve_limit: int = Field(default=4, ge=1, description="Runs one serve process executes at once.")
+    serve_poll_seconds: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often serve asks Prefect for runs to start (Prefect's setting: whole seconds).",
+    )
     result_storage: str | None = Field(
         default=None,
         description=(

@@ -1,5 +1,6 @@
 """Run a plan's steps in order inside a flow run and keep its SyncJob row true.
 
+run_registered the run file, around a flow's body
 execute_plan   RUNNING (or nothing, when the row was cancelled first), the steps, the end
 run_steps      each step in turn: skipped, succeeded, or failed (stop, or go on and record)
 finish         COMPLETED with the result, or FAILED when a required step failed
@@ -8,6 +9,8 @@ finish         COMPLETED with the result, or FAILED when a required step failed
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import get_run_logger
@@ -35,23 +38,30 @@ def row_id(job_id: str | None) -> str:
     return job_id or job_id_for_flow_run(str(flow_run.id))
 
 
+@contextmanager
+def run_registered(job_id: str | None) -> Iterator[None]:
+    """This process's run file, for the flow body: the first thing a run does, so that a process
+    that dies from then on (in a database outage while RUNNING is retried, in the missed-slot
+    check's API calls) is seen dead by the reconciler. A Running run without one would stay so."""
+    with registered(str(flow_run.id), row_id(job_id)):
+        yield
+
+
 def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
+    """Inside `run_registered`."""
     logger = get_run_logger()
     repository = run_repository()  # states retried through DB blips, progress in the background
     job = row_id(job_id)
     run_id = str(flow_run.id)
-    # The run file first: should this process die while RUNNING is retried through a database
-    # outage, the reconciler still sees a dead run (a Running run without one would stay so).
-    with registered(run_id, job):
-        if not repository.mark_running(job, plan.job_script, run_id):
-            logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
-            return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
-        logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
-        # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
-        # (written after the run's final state: the flow's hooks wait for it, flows/hooks.py)
-        with artifacts.run_artifacts(plan, job, run_id, flush_later=True) as results:
-            run_steps(plan, job, repository, logger, results)
-            return finish(plan, job, results, repository)
+    if not repository.mark_running(job, plan.job_script, run_id):
+        logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
+        return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
+    logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
+    # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
+    # (written after the run's final state: the flow's hooks wait for it, flows/hooks.py)
+    with artifacts.run_artifacts(plan, job, run_id, flush_later=True) as results:
+        run_steps(plan, job, repository, logger, results)
+        return finish(plan, job, results, repository)
 
 
 def run_steps(

@@ -85,13 +85,17 @@ def install(preload: list[str] | None = None) -> None:
     flow_engine.multiprocessing = _ForkserverMultiprocessing(context)  # type: ignore[assignment]
 
 
-def serve_forked(deployments: list[tuple[RunnerDeployment, Flow[..., Any]]], limit: int) -> None:
-    """`prefect.serve(*deployments, limit=limit, pause_on_shutdown=False)`, each run a fork."""
+def serve_forked(
+    deployments: list[tuple[RunnerDeployment, Flow[..., Any]]], limit: int, poll_seconds: float
+) -> None:
+    """`prefect.serve(*deployments, limit=limit, pause_on_shutdown=False)`, each run a fork, and
+    a poll for new runs every `poll_seconds` (PREFECT_RUNNER_POLL_FREQUENCY takes whole seconds;
+    the runner's `query_seconds` does not)."""
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
     install()
-    runner = Runner(pause_on_shutdown=False, limit=limit)
+    runner = Runner(pause_on_shutdown=False, limit=limit, query_seconds=poll_seconds)
     registry = runner._deployment_registry
     for deployment, flow in deployments:
         deployment_id = runner.add_deployment(deployment)

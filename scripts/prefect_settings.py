@@ -66,8 +66,8 @@ def ensure_database(admin_url: str, name: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"'.encode())
 
 
-# serve polls for new runs every second (Prefect's default is 10 s): a new run starts within
-# about 1 s plus its start-up.
+# A Prefect runner polls for new runs every second (Prefect's default is 10 s; whole seconds
+# only). scripts.serve polls every POLIGRAPH_SERVE_POLL_SECONDS (0.5 s) instead.
 RUNNER_SETTINGS = {
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
 }

@@ -67,7 +67,8 @@ def main() -> None:
     reconciler = Reconciler()  # its first pass also catches runs left dead by a previous stop
     reconciler.start()
     try:
-        serve_forked(deployments, limit=get_settings().serve_limit)
+        settings = get_settings()
+        serve_forked(deployments, limit=settings.serve_limit, poll_seconds=settings.serve_poll_seconds)
     finally:
         reconciler.stop()
 
