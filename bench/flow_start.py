@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import sqlalchemy as sa
 
 from bench.harness import (
@@ -122,13 +123,19 @@ def finished(api_url: str, flow_run_id: str) -> dict[str, Any] | None:
     return run if state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
 
-def idle_rss(figures: dict[str, Figure], ours: dict[str, int], bare: dict[str, int]) -> None:
-    """IDLE_SAMPLES samples of each process's RSS, interleaved, a second apart."""
+def idle_rss(
+    figures: dict[str, Figure], ours: dict[str, int], bare: dict[str, int], fork_server: Series
+) -> None:
+    """IDLE_SAMPLES samples of each process's RSS, interleaved, a second apart; and of serve's
+    fork server (a process of its own, whose pages each run shares)."""
     for _ in range(IDLE_SAMPLES):
         time.sleep(1)
         for name, figure in figures.items():
             figure.ours.add(rss_mb(ours[name]))
             figure.baseline.add(rss_mb(bare[name]))
+        for child in psutil.Process(ours["serve"]).children():
+            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
+                fork_server.add(rss_mb(child.pid))
 
 
 def flow_start_figures(runs: int) -> list[Figure]:
@@ -178,6 +185,7 @@ def flow_start_figures(runs: int) -> list[Figure]:
     )
     p4.passes = lambda f: f.ratio <= 1.5 and f.ours.median - f.baseline.median <= 0.1
     parts: dict[str, Series] = {k: Series() for k in ("dispatch", "pickup", "process", "flow body")}
+    fork_server = Series()
     home = WORK / f"start-{uuid.uuid4().hex[:6]}"
     env = base_env(home)
     starts = Path(env["BENCH_STARTS"])
@@ -205,7 +213,7 @@ def flow_start_figures(runs: int) -> list[Figure]:
             with shim(env) as (shim_url, shim_proc), httpx.Client(timeout=30) as client:
                 ours_pids = {"shim": shim_proc.pid, "serve": serve.pid}
                 bare_pids = {"shim": bare_app.pid, "serve": bare.pid}
-                idle_rss(p6, ours_pids, bare_pids)
+                idle_rss(p6, ours_pids, bare_pids, fork_server)
                 for i in range(runs + 1):  # the first pair warms up (imports cached, engines made)
                     for side in ("ours", "bare") if i % 2 == 0 else ("bare", "ours"):
                         before = set(starts.glob("*.start"))
@@ -262,7 +270,7 @@ def flow_start_figures(runs: int) -> list[Figure]:
                             f"{'ack' if side == 'ours' else 'create'}; Running → Completed {step:.2f} s",
                             flush=True,
                         )
-                idle_rss(p6, ours_pids, bare_pids)
+                idle_rss(p6, ours_pids, bare_pids, fork_server)
         finally:
             stop(serve, 60)
             stop(bare, 60)
@@ -274,6 +282,7 @@ def flow_start_figures(runs: int) -> list[Figure]:
         + " (ack → created → Pending → Running → script)"
     )
     p6["shim"].notes.append("sampled idle after start-up and again after the runs, 5 times each")
+    p6["serve"].notes.append(f"serve's fork server, a process of its own: {fork_server.summary('{:.0f}')} MB")
     return [p2, p3, p4, p6["shim"], p6["serve"]]
 
 
