@@ -114,7 +114,8 @@ def create_bare_run(client: httpx.Client, deployment_url: str) -> dict[str, Any]
 
 def started_at(starts: Path, name: str, before: set[Path]) -> float | None:
     new = [p for p in starts.glob(f"{name}-*.start") if p not in before]
-    return float(new[0].read_text()) if new else None
+    text = new[0].read_text() if new else ""
+    return float(text) if text.strip() else None  # empty: the script is writing it right now
 
 
 def finished(api_url: str, flow_run_id: str) -> dict[str, Any] | None:
