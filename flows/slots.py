@@ -12,7 +12,6 @@ Retry-After, as Prefect does.
 
 from __future__ import annotations
 
-import base64
 import logging
 import ssl
 import threading
@@ -27,30 +26,35 @@ from prefect.client.schemas.responses import MinimalConcurrencyLimitResponse
 from prefect.concurrency._events import emit_concurrency_acquisition_events, emit_concurrency_release_events
 from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.settings import get_current_settings
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from deployments.prefect_rest import prefect_headers, retry_after_seconds
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 LEASE_SECONDS = 60  # Prefect's minimum: the slot of a process killed outright frees within a minute
 ACQUIRE_GIVE_UP_SECONDS = 60.0  # Prefect unreachable this long: the step fails (and is retried)
 RELEASE_GIVE_UP_SECONDS = 5.0  # then the lease expires by itself
 REQUEST_TIMEOUT_SECONDS = 10.0
-API_VERSION = "0.8.4"  # what Prefect 3's client sends (X-PREFECT-API-VERSION)
 
 
-class SlotUnavailable(Exception):
-    """The server said: not now (423: held by another, with the wait it asks for) or busy (503/429)."""
+class SlotHeld(Exception):
+    """423: another holder has the slot; come back after `wait` seconds (the server's Retry-After)."""
 
-    def __init__(self, status: int, wait: float | None) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
+    def __init__(self, wait: float | None) -> None:
+        super().__init__("HTTP 423")
         self.wait = wait
+
+
+class PrefectBusy(Exception):
+    """429/503 (a Prefect on SQLite says 503 when its database is locked): try again soon."""
 
 
 class SlotLimitMissing(RuntimeError):
     """No such global concurrency limit: never run a script unprotected."""
 
 
-RETRIED = (httpx.TransportError, SlotUnavailable)
+TRANSIENT = (httpx.TransportError, PrefectBusy)
+RETRIED = (*TRANSIENT, SlotHeld)
 
 
 @dataclass(frozen=True)
@@ -59,16 +63,30 @@ class Lease:
     limits: list[MinimalConcurrencyLimitResponse]
 
 
-def _wait(retry_state: Any) -> float:
+def _wait(retry_state: RetryCallState) -> float:
     """The server's Retry-After on a 423, else exponential from 50 ms to 1 s."""
     exc = retry_state.outcome.exception() if retry_state.outcome else None
-    if isinstance(exc, SlotUnavailable) and exc.status == 423 and exc.wait is not None:
+    if isinstance(exc, SlotHeld) and exc.wait is not None:
         return exc.wait
     return float(wait_exponential(multiplier=0.05, max=1.0)(retry_state))
 
 
-def _is_transient(exc: BaseException | None) -> bool:
-    return isinstance(exc, httpx.TransportError) or (isinstance(exc, SlotUnavailable) and exc.status != 423)
+class TransientFor:
+    """Stop after `seconds` of transient errors in a row; a 423 wait (the slot is held) never
+    stops: a step waits for its slot as long as it takes, as with Prefect's `concurrency()`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.since: float | None = None  # when the current run of transient errors began
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        now = retry_state.seconds_since_start or 0.0
+        if not isinstance(exc, TRANSIENT):
+            self.since = None
+            return False
+        self.since = now if self.since is None else self.since
+        return now - self.since >= self.seconds
 
 
 class SlotApi:
@@ -83,12 +101,10 @@ class SlotApi:
         api = get_current_settings().api
         if not api.url:
             raise RuntimeError("PREFECT_API_URL is not set: no server to take a concurrency slot from")
-        headers = {"X-PREFECT-API-VERSION": API_VERSION}
-        if api.auth_string:
-            token = base64.b64encode(api.auth_string.get_secret_value().encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
-        elif api.key:
-            headers["Authorization"] = f"Bearer {api.key.get_secret_value()}"
+        headers = prefect_headers(
+            api.auth_string.get_secret_value() if api.auth_string else None,
+            api.key.get_secret_value() if api.key else None,
+        )
         # no TLS over http: no SSL context to build (35 to 80 ms of CPU)
         verify: bool | ssl.SSLContext = api.url.startswith("https") and not api.tls_insecure_skip_verify
         if verify and api.ssl_cert_file:
@@ -103,9 +119,10 @@ class SlotApi:
 
     def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         response = self.client.post(path, json=body)
-        if response.status_code in (423, 429, 503):
-            retry_after = response.headers.get("Retry-After")
-            raise SlotUnavailable(response.status_code, float(retry_after) if retry_after else None)
+        if response.status_code == 423:
+            raise SlotHeld(retry_after_seconds(response.headers.get("Retry-After")))
+        if response.status_code in (429, 503):
+            raise PrefectBusy(f"HTTP {response.status_code}")
         response.raise_for_status()
         return response
 
@@ -123,7 +140,7 @@ class SlotApi:
         for attempt in Retrying(
             retry=retry_if_exception_type(RETRIED),
             wait=_wait,
-            stop=_stop_transient_after(ACQUIRE_GIVE_UP_SECONDS),
+            stop=TransientFor(ACQUIRE_GIVE_UP_SECONDS),
             reraise=True,
         ):
             with attempt:
@@ -135,31 +152,13 @@ class SlotApi:
 
     def release(self, lease: Lease) -> None:
         for attempt in Retrying(
-            retry=retry_if_exception_type(RETRIED),
+            retry=retry_if_exception_type(TRANSIENT),
             wait=wait_exponential(multiplier=0.05, max=1.0),
             stop=stop_after_delay(RELEASE_GIVE_UP_SECONDS),
             reraise=True,
         ):
             with attempt:
                 self._post("v2/concurrency_limits/decrement-with-lease", {"lease_id": str(lease.id)})
-
-
-def _stop_transient_after(seconds: float) -> Any:
-    """Stop after `seconds` of transient errors in a row; a 423 wait (the slot is held) never
-    stops: a step waits for its slot as long as it takes, as with Prefect's `concurrency()`."""
-    state: dict[str, float | None] = {"since": None}
-
-    def stop(retry_state: Any) -> bool:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if not _is_transient(exc):
-            state["since"] = None
-            return False
-        now = retry_state.seconds_since_start or 0.0
-        if state["since"] is None:
-            state["since"] = now
-        return now - (state["since"] or 0.0) >= seconds
-
-    return stop
 
 
 _api: SlotApi | None = None
@@ -193,7 +192,7 @@ def held_slot(name: str, logger: Logger, holder: dict[str, str] | None = None) -
     finally:
         try:
             api.release(lease)
-        except RETRIED as exc:
+        except TRANSIENT as exc:
             logger.warning(
                 "could not release the %s slot (Prefect unreachable: %s); its lease expires within %ss",
                 name,

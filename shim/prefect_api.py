@@ -17,8 +17,6 @@ version header, and a CSRF token fetched only when a server with CSRF protection
 
 from __future__ import annotations
 
-import base64
-import email.utils
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,9 +25,9 @@ from typing import Any
 
 import httpx
 
+from deployments.prefect_rest import prefect_headers, retry_after_seconds
 from shim.settings import ShimSettings
 
-API_VERSION = "0.8.4"  # what Prefect 3's client sends (X-PREFECT-API-VERSION)
 BULK_LIMIT = 100  # runs per bulk request (the server refuses more)
 _DOWN_STATUS = {502, 504}  # a proxy in front of a server that is not there
 _BUSY_STATUS = {429, 503}  # the server is there and says: later (503: e.g. SQLite locked)
@@ -75,23 +73,6 @@ class RunResult:
     error: str | None = None
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header: seconds, or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def scheduled_state() -> dict[str, Any]:
     """What `create_flow_run_from_deployment` sends: Scheduled, to start now."""
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -102,12 +83,11 @@ class PrefectApi:
     """One httpx.AsyncClient for the life of the dispatcher (used from one event loop)."""
 
     def __init__(self, settings: ShimSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        headers = {"X-PREFECT-API-VERSION": API_VERSION, "User-Agent": "poligraph-jobs-shim"}
-        if settings.prefect_api_auth_string:
-            token = base64.b64encode(settings.prefect_api_auth_string.get_secret_value().encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
-        elif settings.prefect_api_key:
-            headers["Authorization"] = f"Bearer {settings.prefect_api_key.get_secret_value()}"
+        auth, key = settings.prefect_api_auth_string, settings.prefect_api_key
+        headers = prefect_headers(
+            auth.get_secret_value() if auth else None, key.get_secret_value() if key else None
+        )
+        headers["User-Agent"] = "poligraph-jobs-shim"
         self._client = httpx.AsyncClient(
             base_url=settings.prefect_api_url.rstrip("/") + "/",
             headers=headers,
