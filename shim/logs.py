@@ -8,7 +8,6 @@ logged it, so a newline in an event name cannot forge a line and a 1 MB name can
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 
@@ -25,11 +24,10 @@ access_log = logging.getLogger("poligraph.shim.http")
 class SafeFormatter(logging.Formatter):
     """Each message made printable and bounded; tracebacks are kept as they are."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        safe = copy.copy(record)
-        safe.msg = printable(record.getMessage(), MAX_MESSAGE_CHARS)
-        safe.args = None
-        return super().format(safe)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # `format` has just set `record.message` from msg % args (every formatter sets it anew)
+        record.message = printable(record.message, MAX_MESSAGE_CHARS)
+        return super().formatMessage(record)
 
 
 def configure_logging(level: int = logging.INFO) -> None:

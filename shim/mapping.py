@@ -41,7 +41,7 @@ class EventAction:
 
 
 def map_event(catalog: Catalog, name: str, data: dict[str, Any]) -> EventAction:
-    return _map(catalog, spec_for_event(catalog, name), name, data)
+    return _map(PlanCheck(catalog), spec_for_event(catalog, name), name, data)
 
 
 def map_events(catalog: Catalog, events: list[tuple[str, dict[str, Any]]]) -> list[EventAction]:
@@ -58,12 +58,37 @@ class EventRouter:
         self._by_event = {
             event: spec for spec in reversed(deployment_specs(catalog)) for event in spec.events
         }
+        self._plans = PlanCheck(catalog)
 
     def map_events(self, events: list[tuple[str, dict[str, Any]]]) -> list[EventAction]:
-        return [_map(self.catalog, self._by_event.get(name), name, data) for name, data in events]
+        return [_map(self._plans, self._by_event.get(name), name, data) for name, data in events]
 
 
-def _map(catalog: Catalog, spec: DeploymentSpec | None, name: str, data: dict[str, Any]) -> EventAction:
+class PlanCheck:
+    """Checks that a run request makes a valid plan (raises FlagError/ValueError otherwise), and
+    remembers the requests that passed: the same button pressed again is a set lookup instead of
+    a plan (~25 µs, a tenth of a request's work). Bounded: forgets everything past `MAX_KEPT`."""
+
+    MAX_KEPT = 1024
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._passed: set[tuple[str, str, tuple[str, ...] | None, int | None]] = set()
+
+    def __call__(self, kind: str, target: str, flags: list[str] | None, limit: int | None) -> None:
+        key = (kind, target, None if flags is None else tuple(flags), limit)
+        if key in self._passed:
+            return
+        if kind == GROUP:
+            plan_group(self.catalog, target, limit=limit)
+        else:
+            plan_script(self.catalog, target, flags=flags, limit=limit)
+        if len(self._passed) >= self.MAX_KEPT:
+            self._passed.clear()
+        self._passed.add(key)
+
+
+def _map(plans: PlanCheck, spec: DeploymentSpec | None, name: str, data: dict[str, Any]) -> EventAction:
     raw_job = data.get("jobId")
     job_id = raw_job if isinstance(raw_job, str) and JOB_ID_RE.fullmatch(raw_job) else None
     if spec is None:
@@ -72,7 +97,7 @@ def _map(catalog: Catalog, spec: DeploymentSpec | None, name: str, data: dict[st
         # No row is touched for an id that cannot be one (empty, huge, odd characters).
         return _refuse(None, f"jobId must be a SyncJob id ({JOB_ID_RULE}), got {raw_job!r}")
     try:
-        parameters = _parameters(catalog, spec.kind, spec.name, data)
+        parameters = _parameters(plans, spec.kind, spec.name, data)
     except (FlagError, ValueError) as exc:
         return _refuse(job_id, f"{name}: {exc}")
     if job_id:
@@ -86,7 +111,7 @@ def _refuse(job_id: str | None, reason: str) -> EventAction:
     return EventAction(FAIL_JOB if job_id else NOTHING, job_id=job_id, reason=safe)
 
 
-def _parameters(catalog: Catalog, kind: str, target: str, data: dict[str, Any]) -> dict[str, Any]:
+def _parameters(plans: PlanCheck, kind: str, target: str, data: dict[str, Any]) -> dict[str, Any]:
     parameters: dict[str, Any] = {}
     limit = data.get("limit")
     if limit is not None:
@@ -98,13 +123,13 @@ def _parameters(catalog: Catalog, kind: str, target: str, data: dict[str, Any]) 
         if data.get("flags") or rest:
             keys = sorted([*rest, *(["flags"] if data.get("flags") else [])])
             raise ValueError(f"a group takes no flags (got {', '.join(keys)})")
-        plan_group(catalog, target, limit=parameters.get("limit"))
+        plans(kind, target, None, parameters.get("limit"))
         return parameters
     script = target
-    flags = _flags(catalog, script, data.get("flags"), rest)
+    flags = _flags(plans.catalog, script, data.get("flags"), rest)
     if flags is not None:
         parameters["flags"] = flags
-    plan_script(catalog, script, flags=flags, limit=parameters.get("limit"))  # raises on bad flags
+    plans(kind, script, flags, parameters.get("limit"))  # raises on bad flags
     return parameters
 
 
