@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from deployments.catalog import Catalog, get_catalog
 from shim.announce import Announcer
 from shim.body import read_body
-from shim.committer import GroupCommitter
+from shim.committer import committer_for
 from shim.dispatcher import Dispatcher
 from shim.intake import Intake, KeyCheck
 from shim.logs import AccessLog
@@ -67,14 +67,14 @@ def create_app(
             if actions:
                 dispatcher.notify(needs_prefect=FAIL_JOB not in actions)
 
-        app.state.committer = GroupCommitter(app.state.outbox, wake_dispatcher)
+        app.state.committer = committer_for(app.state.outbox, wake_dispatcher)
         app.state.intake = Intake(
             app.state.committer, catalog_of, metrics, announcer, settings.intake_threads
         )
         if run_dispatcher:
             dispatcher.start()
         yield
-        app.state.committer.close()
+        await app.state.committer.aclose()
         dispatcher.stop()
 
     app = FastAPI(title="poligraph-jobs Inngest shim", lifespan=lifespan, openapi_url=None)

@@ -8,11 +8,12 @@ import logging
 from collections.abc import Callable
 
 import anyio
+import psycopg
 from sqlalchemy import exc as sa_exc
 
 from deployments.catalog import Catalog
 from shim.announce import Announcer
-from shim.committer import GroupCommitter
+from shim.committer import Committer
 from shim.events import EventError, parse_body
 from shim.ids import event_ids
 from shim.mapping import NOTHING, EventRouter
@@ -25,7 +26,13 @@ from shim.wire import Reply, accepted, refused, unavailable
 log = logging.getLogger("poligraph.shim")
 # The database is down or unreachable (not a bad statement: that would be a bug): the client
 # gets a 5xx and sends the events again.
-OUTAGE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+OUTAGE = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    psycopg.OperationalError,  # the PostgreSQL writer's own connection (shim.committer)
+    psycopg.InterfaceError,
+)
 # Bodies up to this size are parsed on the event loop (a few hundred microseconds at most: what
 # the SDKs send is ~200 bytes). Larger ones are parsed in a thread, a few at a time
 # (POLIGRAPH_SHIM_INTAKE_THREADS), which also bounds the memory their parsed events hold.
@@ -50,7 +57,7 @@ class KeyCheck:
 class Intake:
     def __init__(
         self,
-        committer: GroupCommitter,
+        committer: Committer,
         catalog: Callable[[], Catalog],
         metrics: ShimMetrics,
         announcer: Announcer,

@@ -12,6 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import psycopg.conninfo
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -124,35 +126,38 @@ class EventOutbox:
         sent in pages by SQLAlchemy). Per-event statements made a 5,000-event batch take seconds.
         """
         now = utcnow()
-        rows = []
-        claims: set[str] = set()  # pks of the first event of the group with each dedupe key
-        first_of_key: set[str] = set()
-        for request in requests:
-            for event_id, event, action in request:
-                key = dedupe_key_of(event.id) if event.id else event_id
-                pk = uuid.uuid4().hex
-                if key not in first_of_key:
-                    first_of_key.add(key)
-                    claims.add(pk)
-                rows.append(_event_row(pk, key, event_id, event, action))
+        rows, claims = _group_rows(requests)
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                status_of = self._insert_postgres(conn, rows, claims, now)
+                params = self._postgres_params(rows, claims, now)
+                result = conn.exec_driver_sql(_POSTGRES_RECORD, params)
+                status_of = {pk: status for pk, status in result}
             else:
                 status_of = self._insert_generic(conn, rows, claims, now)
-        recorded: list[list[Recorded]] = []
-        position = 0
-        for request in requests:
-            part = rows[position : position + len(request)]
-            recorded.append([Recorded(row["event_id"], status_of[row["pk"]]) for row in part])
-            position += len(request)
-        return recorded
+        return _recorded(requests, rows, status_of)
 
-    def _insert_postgres(
-        self, conn: Connection, rows: list[dict[str, Any]], claims: set[str], now: datetime
-    ) -> dict[str, str]:
-        # The JSON values go as JSON texts (cast back below): a \u0000 inside one is valid JSON
-        # but not PostgreSQL text, which json_to_recordset would make of it.
+    async def record_requests_async(
+        self, conn: psycopg.AsyncConnection[Any], requests: list[EventBatch]
+    ) -> list[list[Recorded]]:
+        """`record_requests` on PostgreSQL, on an asyncio connection in autocommit mode (the
+        statement is its own transaction)."""
+        now = utcnow()
+        rows, claims = _group_rows(requests)
+        cursor = await conn.execute(_POSTGRES_RECORD, self._postgres_params(rows, claims, now))
+        status_of: dict[str, str] = dict(await cursor.fetchall())
+        return _recorded(requests, rows, status_of)
+
+    def postgres_conninfo(self) -> str:
+        """A libpq connection string to this outbox's PostgreSQL database, with the search path
+        of the engine's own connections (our schema)."""
+        with self.engine.connect() as conn:
+            search_path = conn.exec_driver_sql("SHOW search_path").scalar_one()
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return psycopg.conninfo.make_conninfo(url, options=f"-csearch_path={search_path}")
+
+    def _postgres_params(self, rows: list[dict[str, Any]], claims: set[str], now: datetime) -> dict[str, Any]:
+        # The JSON values go as JSON texts (cast back in the statement): a \u0000 inside one is
+        # valid JSON but not PostgreSQL text, which json_to_recordset would make of it.
         incoming = [
             {
                 **row,
@@ -162,8 +167,7 @@ class EventOutbox:
             }
             for row in rows
         ]
-        params = {"rows": json.dumps(incoming), "now": now, "expires": now + self.dedupe_window}
-        return dict(conn.exec_driver_sql(_POSTGRES_RECORD, params).tuples().all())
+        return {"rows": json.dumps(incoming), "now": now, "expires": now + self.dedupe_window}
 
     def _insert_generic(
         self, conn: Connection, rows: list[dict[str, Any]], claims: set[str], now: datetime
@@ -276,6 +280,35 @@ class EventOutbox:
         with self.engine.connect() as conn:
             count, oldest = conn.execute(query).one()
         return int(count), oldest
+
+
+def _group_rows(requests: list[EventBatch]) -> tuple[list[dict[str, Any]], set[str]]:
+    """The rows of a group's events, in order, and the pks of the first event of the group with
+    each dedupe key (the only ones that may claim it)."""
+    rows = []
+    claims: set[str] = set()
+    first_of_key: set[str] = set()
+    for request in requests:
+        for event_id, event, action in request:
+            key = dedupe_key_of(event.id) if event.id else event_id
+            pk = uuid.uuid4().hex
+            if key not in first_of_key:
+                first_of_key.add(key)
+                claims.add(pk)
+            rows.append(_event_row(pk, key, event_id, event, action))
+    return rows, claims
+
+
+def _recorded(
+    requests: list[EventBatch], rows: list[dict[str, Any]], status_of: dict[str, str]
+) -> list[list[Recorded]]:
+    recorded: list[list[Recorded]] = []
+    position = 0
+    for request in requests:
+        part = rows[position : position + len(request)]
+        recorded.append([Recorded(row["event_id"], status_of[row["pk"]]) for row in part])
+        position += len(request)
+    return recorded
 
 
 def _event_row(pk: str, key: str, event_id: str, event: InboundEvent, action: EventAction) -> dict[str, Any]:

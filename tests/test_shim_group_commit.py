@@ -8,19 +8,23 @@ requests sent meanwhile queue up and form the next group, deterministically.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import sqlalchemy as sa
 
+from shim import committer
 from shim.events import InboundEvent
 from shim.mapping import RUN, EventAction
 from shim.outbox import EventBatch, EventOutbox, Recorded
 from shim.settings import ShimSettings
+from support.pg_cluster import PostgresCluster
 from support.polling import wait_for
 from support.shim import postgres_outbox, running_shim, sqlite_outbox
 
@@ -36,13 +40,21 @@ class HeldOutbox(EventOutbox):
         self.released_at = 0.0
         self.fail_second = fail_second
 
-    def record_requests(self, requests: list[EventBatch]) -> list[list[Recorded]]:
+    def record_requests(self, requests: list[EventBatch]) -> list[list[Recorded]]:  # SQLite's writer thread
         self.groups.append(len(requests))
         if len(self.groups) == 1:
             assert self.release.wait(30)
         if len(self.groups) == 2 and self.fail_second:
             raise sa.exc.OperationalError("COMMIT", {}, Exception("the server closed the connection"))
         return super().record_requests(requests)
+
+    async def record_requests_async(self, conn: Any, requests: list[EventBatch]) -> list[list[Recorded]]:
+        self.groups.append(len(requests))  # PostgreSQL's writer, on the event loop
+        if len(self.groups) == 1:
+            assert await asyncio.to_thread(self.release.wait, 30)
+        if len(self.groups) == 2 and self.fail_second:
+            raise psycopg.OperationalError("the server closed the connection")
+        return await super().record_requests_async(conn, requests)
 
 
 @pytest.fixture(
@@ -63,7 +75,7 @@ def post(url: str, events: list[dict[str, Any]]) -> tuple[float, httpx.Response]
 
 
 def queued(app: Any) -> int:
-    return app.state.committer._queue.qsize()
+    return app.state.committer.queued()
 
 
 def send_while_held(outbox: HeldOutbox, url: str, app: Any, bodies: list[list[dict[str, Any]]]) -> list[Any]:
@@ -138,3 +150,27 @@ def test_a_group_is_stored_in_order_as_if_its_requests_came_one_by_one(real_outb
         ["duplicate", "duplicate"],
     ]
     assert len(real_outbox.events()) == 6
+
+
+@pytest.mark.integration
+def test_the_postgresql_writer_survives_restarts_and_refuses_only_while_its_database_is_down(monkeypatch):
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        cluster.create_database()
+        outbox = postgres_outbox(cluster.url)
+        with running_shim(ShimSettings(), outbox) as (url, _app):
+            _, first = post(url, [{"name": "sync/press"}])  # the writer's connection is open now
+            cluster.stop()  # a restart: every client is disconnected
+            cluster.start()
+            monkeypatch.setattr(committer, "PING_AFTER_IDLE_SECONDS", 0.0)
+            _, after_restart = post(url, [{"name": "sync/press"}])  # the dead connection is found first
+            cluster.stop()
+            _, while_down = post(url, [{"name": "sync/press"}])
+            cluster.start()
+            _, back = post(url, [{"name": "sync/press"}])
+        assert [r.status_code for r in (first, after_restart, while_down, back)] == [200, 200, 503, 200]
+        acknowledged = [reply.json()["ids"][0] for reply in (first, after_restart, back)]
+        assert sorted(stored_ids(outbox)) == sorted(acknowledged)
+    finally:
+        cluster.remove()
