@@ -11,6 +11,8 @@ as the database grows), so the ratio errs against the shim. Ours sends the burst
 `python -m shim` (key mode, outbox on a durable PostgreSQL), 50 events per request, and counts
 until the outbox has no pending event. Both spread the runs over the same five deployments,
 registered but not served (the runs stay Scheduled, as they would behind a busy serve).
+Each side starts on a quiet server (its CPU under 15% of a core for 1.5 s): after a round, the
+server goes on digesting its runs and events for a while, which slowed the next side 2-4×.
 `POLIGRAPH_SHIM_*` variables in the environment reach the shim under test (to try its settings).
 Afterwards every event must have exactly one run.
 """
@@ -41,6 +43,7 @@ from bench.harness import (
     prefect_server,
     print_table,
     shim,
+    wait_quiet,
     wait_until,
 )
 
@@ -231,6 +234,8 @@ def burst_figure(pg_url: str, prefect_db: str, count: int, rounds: int, raw_samp
         deployments = asyncio.run(register(server.url))
         for round_no in range(rounds):
             for side in ["raw", "shim"] if round_no % 2 == 0 else ["shim", "raw"]:
+                waited = wait_quiet(server.proc.pid)
+                print(f"  P5 {prefect_db} round {round_no + 1} {side}: server quiet after {waited:.1f} s")
                 if side == "raw":
                     figure.baseline.add(measure_raw(server.url, deployments, raw_count, round_no))
                 else:

@@ -12,6 +12,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -219,6 +220,31 @@ def prefect_server(
         yield PrefectServer(url, proc, log)
     finally:
         stop(proc, 30)
+
+
+def wait_quiet(pid: int, below: float = 0.15, quiet_samples: int = 3, timeout: float = 180) -> float:
+    """Seconds until the process tree of `pid` used under `below` of a core for `quiet_samples`
+    half-seconds in a row (a Prefect server still digesting the previous round's runs and
+    events would slow whichever side comes next). Gives up after `timeout`."""
+    root = psutil.Process(pid)
+    started = time.monotonic()
+    quiet = 0
+
+    def cpu_seconds() -> float:
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    while quiet < quiet_samples and time.monotonic() - started < timeout:
+        before = cpu_seconds()
+        time.sleep(0.5)  # a sampling period, not a synchronisation
+        quiet = quiet + 1 if (cpu_seconds() - before) / 0.5 < below else 0
+    return time.monotonic() - started
 
 
 def _dead(proc: subprocess.Popen[bytes], log: Path) -> bool:
