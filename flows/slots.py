@@ -6,7 +6,8 @@ and the release are our own requests because of two measured facts (docs/prefect
 write commits between the increment's read and its write (the task-run recorder writes at every
 task start, so most steps met it), and Prefect's client sleeps 2 s after a 503 (2**attempt: the
 server sends no Retry-After and no setting shortens it). Here a 503, 429 or failed connection is
-retried after 50 ms, doubling up to 1 s; a 423 (the slot is held) waits the server's
+retried after 10 ms, doubling up to 1 s (the write conflict behind a 503 is over by then: a first
+wait of 50 ms was a sixth of a no-op step); a 423 (the slot is held) waits the server's
 Retry-After, as Prefect does.
 """
 
@@ -35,6 +36,7 @@ LEASE_SECONDS = 60  # Prefect's minimum: the slot of a process killed outright f
 ACQUIRE_GIVE_UP_SECONDS = 60.0  # Prefect unreachable this long: the step fails (and is retried)
 RELEASE_GIVE_UP_SECONDS = 5.0  # then the lease expires by itself
 REQUEST_TIMEOUT_SECONDS = 10.0
+FIRST_RETRY_SECONDS = 0.01  # then doubling, up to 1 s
 
 
 class SlotHeld(Exception):
@@ -64,11 +66,11 @@ class Lease:
 
 
 def _wait(retry_state: RetryCallState) -> float:
-    """The server's Retry-After on a 423, else exponential from 50 ms to 1 s."""
+    """The server's Retry-After on a 423, else exponential from 10 ms to 1 s."""
     exc = retry_state.outcome.exception() if retry_state.outcome else None
     if isinstance(exc, SlotHeld) and exc.wait is not None:
         return exc.wait
-    return float(wait_exponential(multiplier=0.05, max=1.0)(retry_state))
+    return float(wait_exponential(multiplier=FIRST_RETRY_SECONDS, max=1.0)(retry_state))
 
 
 class TransientFor:
@@ -153,7 +155,7 @@ class SlotApi:
     def release(self, lease: Lease) -> None:
         for attempt in Retrying(
             retry=retry_if_exception_type(TRANSIENT),
-            wait=wait_exponential(multiplier=0.05, max=1.0),
+            wait=wait_exponential(multiplier=FIRST_RETRY_SECONDS, max=1.0),
             stop=stop_after_delay(RELEASE_GIVE_UP_SECONDS),
             reraise=True,
         ):
