@@ -187,6 +187,7 @@ def flow_start_figures(runs: int) -> list[Figure]:
     p4.passes = lambda f: f.ratio <= 1.5 and f.ours.median - f.baseline.median <= 0.1
     parts: dict[str, Series] = {k: Series() for k in ("dispatch", "pickup", "process", "flow body")}
     fork_server = Series()
+    task_floor = Series()  # the bare flow with its subprocess in one Prefect task
     home = WORK / f"start-{uuid.uuid4().hex[:6]}"
     env = base_env(home)
     starts = Path(env["BENCH_STARTS"])
@@ -204,7 +205,11 @@ def flow_start_figures(runs: int) -> list[Figure]:
         )
         try:
             ids = wait_until(
-                lambda: asyncio.run(deployment_ids(server.url, [f"sync-script/{SCRIPT}", "bare-step/bare"])),
+                lambda: asyncio.run(
+                    deployment_ids(
+                        server.url, [f"sync-script/{SCRIPT}", "bare-step/bare", "bare-task-step/bare"]
+                    )
+                ),
                 180,
                 "the served deployments",
                 interval=0.5,
@@ -215,8 +220,9 @@ def flow_start_figures(runs: int) -> list[Figure]:
                 ours_pids = {"shim": shim_proc.pid, "serve": serve.pid}
                 bare_pids = {"shim": bare_app.pid, "serve": bare.pid}
                 idle_rss(p6, ours_pids, bare_pids, fork_server)
-                for i in range(runs + 1):  # the first pair warms up (imports cached, engines made)
-                    for side in ("ours", "bare") if i % 2 == 0 else ("bare", "ours"):
+                sides = ["ours", "bare", "task"]
+                for i in range(runs + 1):  # the first round warms up (imports cached, engines made)
+                    for side in sides[i % 3 :] + sides[: i % 3]:
                         before = set(starts.glob("*.start"))
                         if side == "ours":
                             job_id = f"cbench{uuid.uuid4().hex[:19]}"
@@ -239,10 +245,11 @@ def flow_start_figures(runs: int) -> list[Figure]:
                                 interval=0.02,
                             )
                         else:
+                            deployment = ids["bare-step/bare" if side == "bare" else "bare-task-step/bare"]
                             t0 = time.time()
-                            run = create_bare_run(client, f"{server.url}/deployments/{ids['bare-step/bare']}")
+                            run = create_bare_run(client, f"{server.url}/deployments/{deployment}")
                             create_call = time.time() - t0
-                        name = SCRIPT if side == "ours" else "bare"
+                        name = {"ours": SCRIPT, "bare": "bare", "task": "bare-task"}[side]
                         script_start = wait_until(
                             lambda n=name, b=before: started_at(starts, n, b), 60, "the step", interval=0.02
                         )
@@ -255,6 +262,10 @@ def flow_start_figures(runs: int) -> list[Figure]:
                         assert "Completed" in seen, f"{side} run ended {seen}"
                         start_latency = script_start - t0
                         step = seen["Completed"] - seen["Running"]
+                        if side == "task":
+                            task_floor.add(step)
+                            print(f"  P4 run {i} task: Running → Completed {step:.2f} s", flush=True)
+                            continue
                         (p3.ours if side == "ours" else p3.baseline).add(start_latency)
                         (p4.ours if side == "ours" else p4.baseline).add(step)
                         if side == "bare":
@@ -281,6 +292,10 @@ def flow_start_figures(runs: int) -> list[Figure]:
         "ours, medians: "
         + ", ".join(f"{name} {series.median:.2f} s" for name, series in parts.items())
         + " (ack → created → Pending → Running → script)"
+    )
+    p4.notes.append(
+        f"reference: the bare flow with its subprocess in one plain Prefect task (no slot, no SyncJob): "
+        f"{task_floor.summary()} s, {task_floor.median / p4.baseline.median:.1f}× bare"
     )
     p6["shim"].notes.append("sampled idle after start-up and again after the runs, 5 times each")
     p6["serve"].notes.append(f"serve's fork server, a process of its own: {fork_server.summary('{:.0f}')} MB")
