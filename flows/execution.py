@@ -18,8 +18,9 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
 from deployments.plans import Plan, PlannedStep
+from deployments.specs import script_limit_name
 from deployments.syncjob import SyncJobRepository, job_id_for_flow_run
-from flows import artifacts
+from flows import artifacts, early_slot
 from flows.alerts import alert_failure
 from flows.liveness import registered
 from flows.progress_writer import run_repository
@@ -53,15 +54,21 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
     repository = run_repository()  # states retried through DB blips, progress in the background
     job = row_id(job_id)
     run_id = str(flow_run.id)
-    if not repository.mark_running(job, plan.job_script, run_id):
-        logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
-        return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
-    logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
-    # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
-    # (written after the run's final state: the flow's hooks wait for it, flows/hooks.py)
-    with artifacts.run_artifacts(plan, job, run_id, flush_later=True) as results:
-        run_steps(plan, job, repository, logger, results)
-        return finish(plan, job, results, repository)
+    first = plan.steps[0] if plan.steps else None
+    if first is not None and not first.disabled:  # its slot is asked for while RUNNING is written
+        early_slot.ask_early(script_limit_name(first.script), run_id)
+    try:
+        if not repository.mark_running(job, plan.job_script, run_id):
+            logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
+            return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
+        logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
+        # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
+        # (written after the run's final state: the flow's hooks wait for it, flows/hooks.py)
+        with artifacts.run_artifacts(plan, job, run_id, flush_later=True) as results:
+            run_steps(plan, job, repository, logger, results)
+            return finish(plan, job, results, repository)
+    finally:
+        early_slot.release_untaken()
 
 
 def run_steps(

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run, task_run
 from deployments.plans import PlannedStep
 from deployments.settings import Settings, get_settings
 from deployments.specs import script_limit_name
+from flows import early_slot
 from flows.liveness import note_script_group
 from flows.process_tree import RUN_TAG
 from flows.progress import parse_progress
@@ -85,7 +86,7 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
     )
     argv = step_argv(settings, step)
     holder = {"type": "task_run", "id": str(task_run.id)} if task_run.id else None
-    with held_slot(script_limit_name(step.script), logger, holder):
+    with held_slot(script_limit_name(step.script), logger, holder, taken_over=early_slot.take):
         logger.info("$ %s (timeout %ss)", " ".join(argv), int(step.timeout_seconds))
         outcome = run_process(
             argv,

@@ -14,7 +14,7 @@ from flows.hooks import RUN_HOOKS
 from flows.missed import missed_slot_reason
 
 
-@flow(name="sync-group", persist_result=True, log_prints=True, **RUN_HOOKS)
+@flow(name="sync-group", log_prints=True, **RUN_HOOKS)
 def sync_group(
     group: str, job_id: str | None = None, limit: int | None = None
 ) -> dict[str, Any] | State[Any]:

@@ -14,7 +14,7 @@ from flows.hooks import RUN_HOOKS
 from flows.missed import missed_slot_reason
 
 
-@flow(name="sync-script", persist_result=True, log_prints=True, **RUN_HOOKS)
+@flow(name="sync-script", log_prints=True, **RUN_HOOKS)
 def sync_script(
     script: str,
     job_id: str | None = None,

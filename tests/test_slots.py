@@ -4,14 +4,19 @@ exist. Real flows, real Prefect server; respx injects the faults (flows/slots.py
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 
 import httpx
 import pytest
 import respx
 
+from deployments.specs import script_limit_name
 from deployments.syncjob import job_id_for_flow_run
+from flows.slots import slot_api
 from flows.sync_script import sync_script
+from support.polling import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect_api")]
 INCREMENT = r".*/api/v2/concurrency_limits/increment-with-lease$"
@@ -71,3 +76,71 @@ def test_a_release_that_cannot_reach_prefect_does_not_fail_a_step_that_succeeded
     assert state.is_completed(), state
     assert release.call_count >= 2  # retried, then left to the lease's expiry
     assert syncjobs.get(job_id_for_flow_run(str(state.state_details.flow_run_id)))["status"] == "COMPLETED"
+
+
+@pytest.fixture
+def free_gamma() -> None:
+    """No slot of gamma held (a test above leaves one to its lease's expiry, a minute)."""
+    name = script_limit_name("gamma")
+    httpx.patch(f"{os.environ['PREFECT_API_URL']}/v2/concurrency_limits/{name}", json={"active_slots": 0})
+    assert active_slots("gamma") == 0
+
+
+def holders(route: respx.Route) -> set[str]:
+    return {json.loads(call.request.content)["holder"]["type"] for call in route.calls}
+
+
+def active_slots(script: str) -> int:
+    reply = httpx.post(f"{os.environ['PREFECT_API_URL']}/v2/concurrency_limits/filter", json={})
+    reply.raise_for_status()
+    (limit,) = [limit for limit in reply.json() if limit["name"] == script_limit_name(script)]
+    return int(limit["active_slots"])
+
+
+def test_a_run_asks_for_its_first_slot_once_and_its_step_holds_that_lease(syncjobs, stubs, free_gamma):
+    with respx.mock(assert_all_called=False) as router:
+        increments = router.route(method="POST", url__regex=INCREMENT).pass_through()
+        releases = router.route(method="POST", url__regex=RELEASE).pass_through()
+        router.route().pass_through()
+        state = sync_script(script="gamma", return_state=True)
+    assert state.is_completed(), state
+    # (respx lists a passed-through request twice: distinct requests are counted)
+    assert holders(increments) == {"flow_run"}  # asked for by the run; the step asked nothing
+    assert len({call.request.content for call in releases.calls}) == 1
+    assert active_slots("gamma") == 0
+
+
+def test_a_slot_asked_for_early_is_given_back_when_the_row_was_cancelled_first(syncjobs, stubs, free_gamma):
+    syncjobs.create_pending("cearlyslot00000000000001", "gamma")
+    assert syncjobs.cancel("cearlyslot00000000000001")
+    state = sync_script(script="gamma", job_id="cearlyslot00000000000001", return_state=True)
+    assert state.is_cancelled(), state
+    assert stubs.intervals("gamma") == []
+    wait_for(lambda: active_slots("gamma") == 0, timeout=10, what="the early slot given back")
+
+
+def test_an_early_request_queued_behind_another_run_does_not_hold_a_cancelled_run_up(
+    syncjobs, stubs, free_gamma
+):
+    other = slot_api().acquire(script_limit_name("gamma"))  # another run is running gamma
+    try:
+        syncjobs.create_pending("cearlyslot00000000000002", "gamma")
+        assert syncjobs.cancel("cearlyslot00000000000002")
+        # returns although the early request is still waiting for the slot (it would wait forever)
+        state = sync_script(script="gamma", job_id="cearlyslot00000000000002", return_state=True)
+        assert state.is_cancelled(), state
+        assert active_slots("gamma") == 1
+    finally:
+        slot_api().release(other)
+    # the waiting request gets the slot once the other run frees it, and gives it straight back
+    wait_for(lambda: active_slots("gamma") == 0, timeout=30, what="the late early slot given back")
+
+
+def test_a_step_whose_early_request_failed_asks_for_its_slot_itself(syncjobs, stubs, free_gamma):
+    with respx.mock(assert_all_called=False) as router:
+        route = first_answer_then_the_server(router, INCREMENT, httpx.Response(404, json={"detail": "?"}))
+        router.route().pass_through()
+        state = sync_script(script="gamma", return_state=True)
+    assert state.is_completed(), state
+    assert holders(route) == {"flow_run", "task_run"}  # the early request (refused), the step's own
+    assert active_slots("gamma") == 0
