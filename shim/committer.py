@@ -17,6 +17,7 @@ Two writers, the same contract (`committer_for` picks one):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -36,6 +37,7 @@ MAX_GROUP_EVENTS = 5000  # a group stops growing here (one request may hold that
 # SQLAlchemy's pre-ping does: after a database restart the first group is then not refused.
 PING_AFTER_IDLE_SECONDS = 1.0
 CONNECT_TIMEOUT_SECONDS = 10
+WRITE_TIMEOUT_SECONDS = 30.0  # a group's connection and statement, together
 OnStored = Callable[[list[EventBatch], list[list[Recorded]]], None]
 
 
@@ -193,15 +195,29 @@ class AsyncGroupCommitter:
                 _settle(waiting.future, result)
 
     async def _record(self, requests: list[EventBatch]) -> list[list[Recorded]]:
-        conn = await self._connection()
         try:
-            return await self.outbox.record_requests_async(conn, requests)
-        except psycopg.Error:
-            if conn.broken or conn.closed:  # a new connection for the next group
-                self._conn = None
-            raise
+            async with asyncio.timeout(WRITE_TIMEOUT_SECONDS):
+                conn = await self._connection()
+                try:
+                    return await self.outbox.record_requests_async(conn, requests)
+                except psycopg.Error:
+                    if conn.broken or conn.closed:  # a new connection for the next group
+                        await self._drop()
+                    raise
+        except TimeoutError:
+            # The database holds the connection without answering: the group's clients get a 503
+            # and send again (same ids: a group that did commit is then found as duplicates).
+            await self._drop()
+            silent = f"the outbox did not answer within {WRITE_TIMEOUT_SECONDS} s"
+            raise psycopg.OperationalError(silent) from None
         finally:
             self._last_used = time.monotonic()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 1)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         conn = self._conn
@@ -213,9 +229,7 @@ class AsyncGroupCommitter:
                 return conn
             except psycopg.OperationalError:
                 pass
-        if conn is not None:
-            await conn.close()
-        self._conn = None
+        await self._drop()
         if self._conninfo is None:  # one blocking query, once: the engine's url and search path
             self._conninfo = await asyncio.to_thread(self.outbox.postgres_conninfo)
         self._conn = await psycopg.AsyncConnection.connect(

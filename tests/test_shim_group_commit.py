@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -172,5 +173,39 @@ def test_the_postgresql_writer_survives_restarts_and_refuses_only_while_its_data
         assert [r.status_code for r in (first, after_restart, while_down, back)] == [200, 200, 503, 200]
         acknowledged = [reply.json()["ids"][0] for reply in (first, after_restart, back)]
         assert sorted(stored_ids(outbox)) == sorted(acknowledged)
+    finally:
+        cluster.remove()
+
+
+@pytest.mark.integration
+def test_a_database_that_stops_answering_gets_a_503_after_the_deadline_not_a_hang(monkeypatch):
+    cluster = PostgresCluster()
+    seed = {"x-inngest-event-id-seed": f"{int(time.time() * 1000)},AAECAwQFBgcICQ=="}
+
+    def send_seeded(url: str) -> httpx.Response:  # as the SDK sends, and sends again after a 5xx
+        return httpx.post(f"{url}/e/k", json=[{"name": "sync/press"}], headers=seed, timeout=60)
+
+    try:
+        cluster.start()
+        cluster.create_database()
+        outbox = postgres_outbox(cluster.url)
+        monkeypatch.setattr(committer, "WRITE_TIMEOUT_SECONDS", 2.0)
+        with running_shim(ShimSettings(), outbox) as (url, _app):
+            _, first = post(url, [{"name": "sync/press"}])
+            assert cluster.server is not None
+            frozen = psutil.Process(cluster.server.pid).children()  # every backend, the writer's too
+            for proc in frozen:
+                proc.suspend()
+            try:
+                while_frozen = send_seeded(url)
+            finally:
+                for proc in frozen:
+                    proc.resume()
+            sent_again = send_seeded(url)
+        assert [r.status_code for r in (first, while_frozen, sent_again)] == [200, 503, 200]
+        # The statement may have reached the frozen database and committed once it went on: the
+        # send again then finds it a duplicate. Either way the event is stored once, live.
+        live = [row["event_id"] for row in outbox.events() if row["status"] != "duplicate"]
+        assert sorted(live) == sorted([first.json()["ids"][0], sent_again.json()["ids"][0]])
     finally:
         cluster.remove()
