@@ -11,8 +11,9 @@ as the database grows), so the ratio errs against the shim. Ours sends the burst
 `python -m shim` (key mode, outbox on a durable PostgreSQL), 50 events per request, and counts
 until the outbox has no pending event. Both spread the runs over the same five deployments,
 registered but not served (the runs stay Scheduled, as they would behind a busy serve).
-Each side starts on a quiet server (its CPU under 15% of a core for 1.5 s): after a round, the
-server goes on digesting its runs and events for a while, which slowed the next side 2-4×.
+Both sides first warm the server up (100 runs each, not counted). Each side starts on a quiet
+server (its CPU under 15% of a core for 1.5 s): after a round, the server goes on digesting its
+runs and events for a while, which slowed the next side 2-4×.
 `POLIGRAPH_SHIM_*` variables in the environment reach the shim under test (to try its settings).
 Afterwards every event must have exactly one run.
 """
@@ -49,6 +50,7 @@ from bench.harness import (
 
 SCRIPTS = ["sync-president", "sync-senat", "sync-assemblee", "sync-gouvernement", "sync-press"]
 EVENTS_PER_REQUEST = 50
+WARM_UP_EVENTS = 100  # each side, before the rounds
 
 
 async def register(api_url: str) -> dict[str, str]:
@@ -232,6 +234,11 @@ def burst_figure(pg_url: str, prefect_db: str, count: int, rounds: int, raw_samp
     )
     with prefect_server(home, database) as server:
         deployments = asyncio.run(register(server.url))
+        # Warm-up, not counted: a fresh server's first creates (each endpoint's first requests,
+        # its database's first plans) slowed whichever side came first, the shim's bulk creates
+        # most (round 1 at half of round 2).
+        asyncio.run(raw_creates(server.url, deployments, WARM_UP_EVENTS, 4, "bench-warm-up"))
+        measure_shim(server.url, home, pg_url, WARM_UP_EVENTS, -1, {})
         for round_no in range(rounds):
             for side in ["raw", "shim"] if round_no % 2 == 0 else ["shim", "raw"]:
                 waited = wait_quiet(server.proc.pid)
