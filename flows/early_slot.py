@@ -33,17 +33,17 @@ class _Early:
     asked_at: float
 
 
-_early: dict[str, _Early] = {}
+_early: dict[tuple[str, str], _Early] = {}  # by (flow run id, limit name)
 _lock = threading.Lock()
 
 
 def ask_early(name: str, flow_run_id: str) -> None:
-    """Start taking a slot of the limit `name` in the background (once per name)."""
+    """Start taking a slot of the limit `name` for the run in the background (once)."""
     with _lock:
-        if name in _early:
+        if (flow_run_id, name) in _early:
             return
         future: Future[Lease] = Future()
-        _early[name] = _Early(future, time.monotonic())
+        _early[(flow_run_id, name)] = _Early(future, time.monotonic())
 
     def acquire() -> None:
         try:
@@ -54,11 +54,11 @@ def ask_early(name: str, flow_run_id: str) -> None:
     threading.Thread(target=acquire, name=f"early-slot-{name}", daemon=True).start()
 
 
-def take(name: str) -> Lease | None:
-    """The early lease of `name` for the step about to hold it, waiting for the request to end;
-    None when there is none, its request failed, or it is too old to hand over."""
+def take(name: str, flow_run_id: str) -> Lease | None:
+    """The run's early lease of `name` for the step about to hold it, waiting for the request to
+    end; None when there is none, its request failed, or it is too old to hand over."""
     with _lock:
-        early = _early.pop(name, None)
+        early = _early.pop((flow_run_id, name), None)
     if early is None:
         return None
     try:
@@ -71,13 +71,12 @@ def take(name: str) -> Lease | None:
     return lease
 
 
-def release_untaken() -> None:
-    """Give back every early lease no step took over. A request still waiting (the slot is held
-    by another run) is not waited for: its lease is given back when it comes, or expires if the
-    process ends first."""
+def release_untaken(flow_run_id: str) -> None:
+    """Give back every early lease of the run that no step took over. A request still waiting
+    (the slot is held by another run) is not waited for: its lease is given back when it comes,
+    or expires if the process ends first."""
     with _lock:
-        untaken = list(_early.items())
-        _early.clear()
+        untaken = [(key[1], _early.pop(key)) for key in list(_early) if key[0] == flow_run_id]
     for name, early in untaken:
         early.future.add_done_callback(functools.partial(_release_done, name))
 

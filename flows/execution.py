@@ -68,7 +68,7 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
             run_steps(plan, job, repository, logger, results)
             return finish(plan, job, results, repository)
     finally:
-        early_slot.release_untaken()
+        early_slot.release_untaken(run_id)
 
 
 def run_steps(

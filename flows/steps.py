@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -86,7 +87,9 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
     )
     argv = step_argv(settings, step)
     holder = {"type": "task_run", "id": str(task_run.id)} if task_run.id else None
-    with held_slot(script_limit_name(step.script), logger, holder, taken_over=early_slot.take):
+    run_id = str(flow_run.id)
+    early = functools.partial(early_slot.take, flow_run_id=run_id)
+    with held_slot(script_limit_name(step.script), logger, holder, taken_over=early):
         logger.info("$ %s (timeout %ss)", " ".join(argv), int(step.timeout_seconds))
         outcome = run_process(
             argv,

@@ -31,6 +31,12 @@ class SafeFormatter(logging.Formatter):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
+    # Fields FORMAT never shows, not collected for every record (the logging HOWTO's
+    # "Optimization"): a fifth of the cost of each of the two lines a request writes.
+    logging._srcfile = None  # no caller lookup (file, line, function)
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter(FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
