@@ -16,10 +16,12 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from flows.slots import LEASE_SECONDS, TRANSIENT, Lease, slot_api
+from flows.slots import LEASE_SECONDS, Lease, give_back, slot_api
 
 log = logging.getLogger(__name__)
 # An early lease older than this is given back and a fresh one taken: the step's renewal loop
@@ -35,6 +37,18 @@ class _Early:
 
 _early: dict[tuple[str, str], _Early] = {}  # by (flow run id, limit name)
 _lock = threading.Lock()
+
+
+@contextmanager
+def first_step_slot(name: str | None, flow_run_id: str) -> Iterator[None]:
+    """For a run's body: its first step's slot (`name`; None: nothing to ask) asked for at once,
+    and given back at the end if no step took it over."""
+    if name is not None:
+        ask_early(name, flow_run_id)
+    try:
+        yield
+    finally:
+        release_untaken(flow_run_id)
 
 
 def ask_early(name: str, flow_run_id: str) -> None:
@@ -66,7 +80,7 @@ def take(name: str, flow_run_id: str) -> Lease | None:
     except Exception:
         return None
     if time.monotonic() - early.asked_at > MAX_EARLY_AGE_SECONDS:
-        _release(name, lease)
+        give_back(name, lease, log)
         return None
     return lease
 
@@ -83,11 +97,4 @@ def release_untaken(flow_run_id: str) -> None:
 
 def _release_done(name: str, done: Future[Lease]) -> None:
     if done.exception() is None:
-        _release(name, done.result())
-
-
-def _release(name: str, lease: Lease) -> None:
-    try:
-        slot_api().release(lease)
-    except TRANSIENT as exc:
-        log.warning("could not give back an early %s slot (%s); its lease expires", name, type(exc).__name__)
+        give_back(name, done.result(), log)

@@ -55,9 +55,8 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
     job = row_id(job_id)
     run_id = str(flow_run.id)
     first = plan.steps[0] if plan.steps else None
-    if first is not None and not first.disabled:  # its slot is asked for while RUNNING is written
-        early_slot.ask_early(script_limit_name(first.script), run_id)
-    try:
+    first_slot = script_limit_name(first.script) if first and not first.disabled else None
+    with early_slot.first_step_slot(first_slot, run_id):  # asked for while RUNNING is written
         if not repository.mark_running(job, plan.job_script, run_id):
             logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
             return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
@@ -67,8 +66,6 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
         with artifacts.run_artifacts(plan, job, run_id, flush_later=True) as results:
             run_steps(plan, job, repository, logger, results)
             return finish(plan, job, results, repository)
-    finally:
-        early_slot.release_untaken(run_id)
 
 
 def run_steps(

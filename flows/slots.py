@@ -191,20 +191,25 @@ def held_slot(
     reach the server does not fail a block that succeeded: the lease expires within LEASE_SECONDS
     and the server's repossessor frees the slot.
     """
-    api = slot_api()
-    lease = taken_over(name) or api.acquire(name, holder)
+    lease = taken_over(name) or slot_api().acquire(name, holder)
     events = emit_concurrency_acquisition_events(lease.limits, 1)
     try:
         with maintain_concurrency_lease(lease.id, LEASE_SECONDS, raise_on_lease_renewal_failure=True):
             yield
     finally:
-        try:
-            api.release(lease)
-        except TRANSIENT as exc:
-            logger.warning(
-                "could not release the %s slot (Prefect unreachable: %s); its lease expires within %ss",
-                name,
-                type(exc).__name__,
-                LEASE_SECONDS,
-            )
+        give_back(name, lease, logger)
         emit_concurrency_release_events(lease.limits, 1, events)
+
+
+def give_back(name: str, lease: Lease, logger: Logger) -> None:
+    """Release a slot of `name`; when Prefect stays unreachable, say so and leave the lease to
+    expire (within LEASE_SECONDS the server's repossessor frees the slot)."""
+    try:
+        slot_api().release(lease)
+    except TRANSIENT as exc:
+        logger.warning(
+            "could not release the %s slot (Prefect unreachable: %s); its lease expires within %ss",
+            name,
+            type(exc).__name__,
+            LEASE_SECONDS,
+        )

@@ -71,6 +71,34 @@ def _settle(future: asyncio.Future[list[Recorded]], result: list[Recorded] | Bas
         future.set_result(result)
 
 
+def _settle_from_thread(waiting: _Waiting, result: list[Recorded] | BaseException) -> None:
+    waiting.loop.call_soon_threadsafe(_settle, waiting.future, result)
+
+
+def _settle_on_loop(waiting: _Waiting, result: list[Recorded] | BaseException) -> None:
+    _settle(waiting.future, result)
+
+
+def _answer(
+    group: list[_Waiting],
+    outcome: list[list[Recorded]] | BaseException,
+    on_stored: OnStored,
+    settle: Callable[[_Waiting, list[Recorded] | BaseException], None],
+) -> None:
+    """Each request of a written group gets its events' fate, or the group's error; the
+    after-commit listener hears of a group that was stored."""
+    if isinstance(outcome, BaseException):
+        for waiting in group:
+            settle(waiting, outcome)
+        return
+    try:
+        on_stored([waiting.events for waiting in group], outcome)
+    except Exception:  # the events are stored: a failing listener must not turn that into an error
+        log.exception("after-commit listener failed")
+    for waiting, result in zip(group, outcome, strict=True):
+        settle(waiting, result)
+
+
 class GroupCommitter:
     def __init__(self, outbox: EventOutbox, on_stored: OnStored = lambda _requests, _stored: None) -> None:
         self.outbox = outbox
@@ -129,17 +157,10 @@ class GroupCommitter:
     def _commit(self, group: list[_Waiting]) -> None:
         requests = [waiting.events for waiting in group]
         try:
-            recorded = self.outbox.record_requests(requests)
+            outcome: list[list[Recorded]] | BaseException = self.outbox.record_requests(requests)
         except BaseException as exc:  # noqa: BLE001 - every waiting request gets it, nothing is lost
-            for waiting in group:
-                waiting.loop.call_soon_threadsafe(_settle, waiting.future, exc)
-            return
-        try:
-            self.on_stored(requests, recorded)
-        except Exception:  # the events are stored: a failing listener must not turn that into an error
-            log.exception("after-commit listener failed")
-        for waiting, result in zip(group, recorded, strict=True):
-            waiting.loop.call_soon_threadsafe(_settle, waiting.future, result)
+            outcome = exc
+        _answer(group, outcome, self.on_stored, _settle_from_thread)
 
 
 class AsyncGroupCommitter:
@@ -180,19 +201,13 @@ class AsyncGroupCommitter:
             while self._waiting and size < MAX_GROUP_EVENTS:
                 group.append(self._waiting.popleft())
                 size += len(group[-1].events)
-            requests = [waiting.events for waiting in group]
             try:
-                recorded = await self._record(requests)
+                outcome: list[list[Recorded]] | BaseException = await self._record(
+                    [waiting.events for waiting in group]
+                )
             except Exception as exc:  # every waiting request gets it, nothing is lost
-                for waiting in group:
-                    _settle(waiting.future, exc)
-                continue
-            try:
-                self.on_stored(requests, recorded)
-            except Exception:  # the events are stored: a failing listener must not turn that into an error
-                log.exception("after-commit listener failed")
-            for waiting, result in zip(group, recorded, strict=True):
-                _settle(waiting.future, result)
+                outcome = exc
+            _answer(group, outcome, self.on_stored, _settle_on_loop)
 
     async def _record(self, requests: list[EventBatch]) -> list[list[Recorded]]:
         try:
