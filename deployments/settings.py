@@ -75,8 +75,8 @@ class Settings(BaseSettings):
         ge=30,
         le=240,  # below Prefect's 300 s lease on a Pending run's slot: ended while the lease holds
         description=(
-            "A run left Pending or Cancelling this long with no process on this machine is ended "
-            "by the reconciler (Crashed or Cancelled)."
+            "A run left Pending or Cancelling (or Running before its flow body began) this long "
+            "with no process on this machine is ended by the reconciler (Crashed or Cancelled)."
         ),
     )
     slot_wait_warning_seconds: float = Field(

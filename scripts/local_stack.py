@@ -71,7 +71,8 @@ def stack_environment(port: int) -> dict[str, str]:
     # holding its script's slot across the restart would leave the slot taken for good).
     env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", DISK_LEASES)
     # One machine: a run with no process here has none anywhere, so a run the server's death left
-    # Pending or Cancelling is ended after 30 s rather than 60 (its queued successors wait for it).
+    # Pending or Cancelling (or Running before its body began) is ended after 30 s rather than 60
+    # (its queued successors wait for it).
     env.setdefault("POLIGRAPH_STUCK_RUN_SECONDS", "30")
     env["PYTHONUNBUFFERED"] = "1"  # children's lines reach the terminal as they are written
     # The Prefect settings of the stack (server and runner) live in scripts/prefect_settings.py.

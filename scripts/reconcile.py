@@ -14,9 +14,12 @@ Passes, run by a thread of the serving process (`scripts.serve`) or alone, next 
 * stuck runs: a run left Pending (its process died before the flow began) or Cancelling (its
   process was stopped but nobody could say so) for POLIGRAPH_STUCK_RUN_SECONDS, whose process is
   not on this machine → Crashed (its row FAILED) or Cancelled. Both happen when the Prefect
-  server is away at that moment: the runner cannot report it and gives up. Left alone, such a run
-  keeps its deployment's slot until Prefect's lease on it lapses (5 min) and stays unfinished for
-  ever;
+  server is away at that moment: the runner cannot report it and gives up. So does a run left
+  Running whose process died between Prefect's Running and the first line of its flow body
+  (killed with its service: no run file yet), once two passes UNBEGUN_CONFIRM_SECONDS apart
+  find that its SyncJob row still does not name it (the body names its run first thing, on any
+  machine). Left alone, such a run keeps its deployment's slot (a Running one for ever) and stays
+  unfinished for ever;
 * states: an active row whose flow run is Crashed, Cancelled, Failed or gone (found by the run id
   the flow wrote in it, or by the run's job_id when it ended before its flow began) → FAILED with
   the reason. Runs waiting for a concurrency slot longer than a bound are logged.
@@ -54,7 +57,14 @@ from prefect.states import Cancelled, Crashed
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import BASE_TAG, is_critical
-from deployments.syncjob import SyncJobRepository, flow_run_of, is_transient, syncjob_repository, utcnow
+from deployments.syncjob import (
+    SyncJobRepository,
+    flow_run_of,
+    is_transient,
+    job_id_for_flow_run,
+    syncjob_repository,
+    utcnow,
+)
 from flows.alerts import AlertSender, alert_failure, start_spool_sender
 from flows.liveness import dead_runs, flow_process_here, live_run, runs_dir
 from flows.process_tree import kill_run_leftovers, signal_process, start_time
@@ -62,6 +72,9 @@ from scripts.cancel import FINAL, cancel_flow_run, state_of
 
 log = logging.getLogger("poligraph.reconcile")
 CANCEL_FALLBACK_SECONDS = 15.0  # a runner that watches stops a Cancelling run within a few seconds
+# Above the SyncJob writes' longest pause between retries (5 s): a body elsewhere that waited out a
+# database outage has written its row by the second look.
+UNBEGUN_CONFIRM_SECONDS = 12.0
 ENDED_BADLY = {
     StateType.CRASHED: "a planté (Crashed)",
     StateType.CANCELLED: "a été annulé",
@@ -77,6 +90,9 @@ class Reconciler:
         self._thread: threading.Thread | None = None
         self._alerts: AlertSender | None = None
         self._settled: set[str] = set()  # cancelled runs that reached a final state
+        self.unbegun_confirm_seconds = UNBEGUN_CONFIRM_SECONDS
+        # Running runs whose body has not begun: (state id, first seen) while it stays so
+        self._unbegun: dict[str, tuple[UUID, float]] = {}
 
     # --- passes --------------------------------------------------------------------------
     def cancel_pass(self, client: SyncPrefectClient) -> list[str]:
@@ -160,26 +176,33 @@ class Reconciler:
         return failed
 
     def stuck_runs_pass(self, client: SyncPrefectClient) -> list[str]:
-        """Runs left Pending or Cancelling with no process to move them on: Crashed (the row
-        FAILED) or Cancelled. Returns the flow run ids ended."""
+        """Runs left Pending, Cancelling, or Running before their body began, with no process to
+        move them on: Crashed (the row FAILED) or Cancelled. Returns the flow run ids ended."""
         bound = timedelta(seconds=self.settings.stuck_run_seconds)
+        stuck_types = [StateType.PENDING, StateType.CANCELLING, StateType.RUNNING]
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.CANCELLING])
-                ),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=stuck_types)),
                 tags=FlowRunFilterTags(all_=[BASE_TAG]),
                 deployment_id=FlowRunFilterDeploymentId(is_null_=False),
             ),
             limit=200,
         )
         ended = []
+        unbegun = {}
         for run in runs:
             if run.state is None or datetime.now(UTC) - run.state.timestamp < bound:
                 continue
             run_id = str(run.id)
             if flow_process_here(run_id):
                 continue  # alive here: the cancel pass stops it if it must
+            if run.state.type == StateType.RUNNING:
+                if self._body_began(run):
+                    continue  # its process is elsewhere, or died with its run file (dead pass)
+                unbegun[run_id] = self._unbegun.get(run_id, (run.state.id, time.monotonic()))
+                state_id, first_seen = unbegun[run_id]
+                if state_id != run.state.id or time.monotonic() - first_seen < self.unbegun_confirm_seconds:
+                    continue
             # It may have reported and exited since it was read: act only on the state we judged.
             state = state_of(client, run_id)
             if state is None or state.id != run.state.id:
@@ -191,8 +214,16 @@ class Reconciler:
                 log.warning("flow run %s still Cancelling, its process gone: Cancelled", run_id)
             else:
                 self._crash_unstarted(client, run)
+            unbegun.pop(run_id, None)
             ended.append(run_id)
+        self._unbegun = unbegun
         return ended
+
+    def _body_began(self, run: FlowRun) -> bool:
+        """Whether the run's body named it in its SyncJob row (its first write, made before any
+        step; the row of a run started without a jobId is created by that write)."""
+        row = self.repository.get(run.parameters.get("job_id") or job_id_for_flow_run(str(run.id)))
+        return row is not None and flow_run_of(row) == str(run.id)
 
     def _crash_unstarted(self, client: SyncPrefectClient, run: FlowRun) -> None:
         reason = (
@@ -317,6 +348,7 @@ class Reconciler:
             try:
                 self.run_once()
             except Exception as exc:  # Prefect or the database may be away: next pass
+                self._unbegun.clear()  # what a pass saw before an outage is looked at again after
                 if is_transient(exc) or isinstance(exc, httpx.TransportError):
                     log.warning("reconcile pass failed, %s away: %s", _what(exc), str(exc).splitlines()[0])
                 else:

@@ -397,6 +397,23 @@ def dump_runs(stack: ChaosStack, path: Any) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def flow_processes(stack: ChaosStack) -> list[str]:
+    """For a failure's post-mortem: the flow-run processes still alive and the run files left."""
+    import psutil
+
+    from flows.liveness import PREFECT_RUN_ENV
+    from flows.process_tree import RUN_TAG, tag_of
+
+    found = []
+    for process in psutil.process_iter(["pid", "status", "name"]):
+        run_id = tag_of(process, PREFECT_RUN_ENV)
+        if run_id and tag_of(process, "POLIGRAPH_CHAOS_TAG") == stack.tag:
+            what = "script" if tag_of(process, RUN_TAG) else "process"
+            found.append(f"{what} {process.pid} of flow run {run_id} alive ({process.info['status']})")
+    found += [f"run file {path.name} left" for path in sorted((stack.home / "runs").glob("*.json"))]
+    return found
+
+
 def summary(stack: ChaosStack, sent: list[Sent]) -> str:
     rows = Counter(str(getattr(row["status"], "value", row["status"])) for row in stack.syncjobs.recent(1000))
     runs = Counter(run.state.type.value for run in all_flow_runs(stack.api) if run.state)
@@ -430,6 +447,7 @@ def test_nothing_is_lost_duplicated_left_running_or_stuck_under_chaos(chaos):
         left = problems(chaos, sent, paused_at)
         chaos.timeline.note(f"NOT settled after {SETTLE_SECONDS:g} s: {len(left)} problem(s)")
         dump_runs(chaos, STATE / "chaos-runs.txt")
+        left += flow_processes(chaos)
         pytest.fail(
             f"after the quiet period (runs: {STATE / 'chaos-runs.txt'}, processes: {STATE / 'chaos-stack.log'}):\n"
             + "\n".join(left[:40]),

@@ -240,7 +240,33 @@ def test_cancelling_a_run_that_has_not_started_ends_it_at_once(prefect_api):
         assert client.read_flow_run(run.id).state.is_cancelled()  # not left Cancelling for ever
 
 
-# --- runs left Pending or Cancelling by a process that died while the server was away ------------
+# --- runs left Pending, Cancelling or Running by a process that died at the wrong moment ----------
+def two_runs_of_a_one_slot_deployment(client, **parameters: str):
+    """Two runs of a new deployment of sync-script that runs one at a time (the second queues)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
+
+    from deployments.specs import BASE_TAG
+    from flows.sync_script import sync_script
+
+    deployment = client.create_deployment(
+        client.create_flow(sync_script),
+        f"stuck-{uuid.uuid4().hex[:8]}",
+        tags=[BASE_TAG],
+        concurrency_limit=1,
+        concurrency_options=ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+    )
+    make = lambda: client.create_flow_run_from_deployment(  # noqa: E731
+        deployment, parameters={"script": "gamma", **parameters}
+    )
+    return make(), make()
+
+
+def propose_pending(client, run) -> str:
+    from prefect.states import Pending
+
+    return client.set_flow_run_state(run.id, Pending()).state.name
+
+
 def test_runs_left_pending_or_cancelling_without_a_process_are_ended_and_free_their_slot(
     prefect_api, syncjobs
 ):
@@ -250,8 +276,7 @@ def test_runs_left_pending_or_cancelling_without_a_process_are_ended_and_free_th
     import subprocess
 
     from prefect.client.orchestration import get_client as get_sync_client
-    from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
-    from prefect.states import Cancelled, Cancelling, Pending, Running
+    from prefect.states import Cancelled, Cancelling, Running
 
     from deployments.specs import BASE_TAG
     from flows.liveness import PREFECT_RUN_ENV
@@ -259,36 +284,21 @@ def test_runs_left_pending_or_cancelling_without_a_process_are_ended_and_free_th
 
     reconciler = Reconciler(syncjobs)
     reconciler.settings = reconciler.settings.model_copy(update={"stuck_run_seconds": 0.0})
-    enqueue = ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     job_id = f"c{uuid.uuid4().hex[:24]}"
     insert_pending(syncjobs, job_id, "gamma")
     with get_sync_client(sync_client=True) as client:
-        flow_id = client.create_flow(sync_script)
-
-        def run_of_new_deployment(**parameters: str):
-            deployment = client.create_deployment(
-                flow_id,
-                f"stuck-{uuid.uuid4().hex[:8]}",
-                tags=[BASE_TAG],
-                concurrency_limit=1,
-                concurrency_options=enqueue,
-            )
-            make = lambda: client.create_flow_run_from_deployment(  # noqa: E731
-                deployment, parameters={"script": "gamma", **parameters}
-            )
-            return make(), make()
-
-        def propose_pending(run) -> str:
-            return client.set_flow_run_state(run.id, Pending()).state.name
-
-        unstarted, queued = run_of_new_deployment(job_id=job_id)
-        cancelling, queued_too = run_of_new_deployment()
-        alive, _ = run_of_new_deployment()
-        assert propose_pending(unstarted) == "Pending" and propose_pending(alive) == "Pending"
-        assert propose_pending(cancelling) == "Pending"
+        unstarted, queued = two_runs_of_a_one_slot_deployment(client, job_id=job_id)
+        cancelling, queued_too = two_runs_of_a_one_slot_deployment(client)
+        alive, _ = two_runs_of_a_one_slot_deployment(client)
+        assert propose_pending(client, unstarted) == "Pending" and propose_pending(client, alive) == "Pending"
+        assert propose_pending(client, cancelling) == "Pending"
         client.set_flow_run_state(cancelling.id, Running())
         client.set_flow_run_state(cancelling.id, Cancelling())
-        assert propose_pending(queued) == propose_pending(queued_too) == "AwaitingConcurrencySlot"
+        assert (
+            propose_pending(client, queued)
+            == propose_pending(client, queued_too)
+            == "AwaitingConcurrencySlot"
+        )
         # the process of `alive` still starts: found by the run id Prefect puts in its environment
         starting = subprocess.Popen(["sleep", "60"], env={**os.environ, PREFECT_RUN_ENV: str(alive.id)})
         try:
@@ -305,7 +315,7 @@ def test_runs_left_pending_or_cancelling_without_a_process_are_ended_and_free_th
             row = syncjobs.get(job_id)
             assert row["status"] == "FAILED" and "jamais démarré" in row["error"]
             # their slots are free: the queued runs are let through
-            assert propose_pending(queued) == propose_pending(queued_too) == "Pending"
+            assert propose_pending(client, queued) == propose_pending(client, queued_too) == "Pending"
             # a run its runner could report Crashed before its flow began: the row never got its id
             crashed_job = f"c{uuid.uuid4().hex[:24]}"
             insert_pending(syncjobs, crashed_job, "gamma")
@@ -321,3 +331,60 @@ def test_runs_left_pending_or_cancelling_without_a_process_are_ended_and_free_th
         finally:
             for run in (queued, queued_too, alive):
                 client.set_flow_run_state(run.id, Cancelled(), force=True)
+
+
+def test_a_run_left_running_before_its_body_began_is_crashed_on_a_second_look(prefect_api, syncjobs):
+    """The service killed between Prefect's Running and the first line of the flow body: no run
+    file, no process, and a run Running for ever that holds its deployment's one slot. Ended once a
+    second pass still finds its row not naming it; a run whose body named it (its process on
+    another machine) and one whose process is alive here are left alone."""
+    import subprocess
+
+    from prefect.client.orchestration import get_client as get_sync_client
+    from prefect.states import Cancelled, Running
+
+    from flows.liveness import PREFECT_RUN_ENV
+
+    reconciler = Reconciler(syncjobs)
+    reconciler.settings = reconciler.settings.model_copy(update={"stuck_run_seconds": 0.0})
+    reconciler.unbegun_confirm_seconds = 3600.0
+    jobs = {name: f"c{uuid.uuid4().hex[:24]}" for name in ("unbegun", "elsewhere", "late", "alive")}
+    for job_id in jobs.values():
+        insert_pending(syncjobs, job_id, "gamma")
+    with get_sync_client(sync_client=True) as client:
+        runs = {name: two_runs_of_a_one_slot_deployment(client, job_id=job) for name, job in jobs.items()}
+        runs["no job id"] = two_runs_of_a_one_slot_deployment(client)
+        for first, queued in runs.values():
+            assert propose_pending(client, first) == "Pending"
+            assert client.set_flow_run_state(first.id, Running()).state.is_running()
+            assert propose_pending(client, queued) == "AwaitingConcurrencySlot"
+        assert syncjobs.mark_running(jobs["elsewhere"], "gamma", str(runs["elsewhere"][0].id))
+        alive = runs["alive"][0]
+        starting = subprocess.Popen(["sleep", "60"], env={**os.environ, PREFECT_RUN_ENV: str(alive.id)})
+        try:
+            ours = {str(run.id) for pair in runs.values() for run in pair}
+            assert not ours & set(reconciler.stuck_runs_pass(client))  # a first look decides nothing
+            # the body of `late` names its run between the two looks (it waited out an outage)
+            assert syncjobs.mark_running(jobs["late"], "gamma", str(runs["late"][0].id))
+            reconciler.unbegun_confirm_seconds = 0.0
+            ended = ours & set(reconciler.stuck_runs_pass(client))
+        finally:
+            starting.kill()
+            starting.wait()
+        try:
+            assert ended == {str(runs[name][0].id) for name in ("unbegun", "no job id")}
+            for name in ("unbegun", "no job id"):
+                first, queued = runs[name]
+                assert client.read_flow_run(first.id).state.is_crashed()
+                assert propose_pending(client, queued) == "Pending"  # the slot is free
+            row = syncjobs.get(jobs["unbegun"])
+            assert row["status"] == "FAILED" and "jamais démarré" in row["error"]
+            assert syncjobs.get(job_id_for_flow_run(str(runs["no job id"][0].id))) is None
+            for name in ("elsewhere", "late", "alive"):
+                assert client.read_flow_run(runs[name][0].id).state.is_running()
+            assert syncjobs.get(jobs["alive"])["status"] == "PENDING"
+            assert syncjobs.get(jobs["elsewhere"])["status"] == "RUNNING"
+        finally:
+            for first, queued in runs.values():
+                for run in (first, queued):
+                    client.set_flow_run_state(run.id, Cancelled(), force=True)
