@@ -1,6 +1,6 @@
 """Run a plan's steps in order inside a flow run and keep its SyncJob row true.
 
-run_registered the run file, around a flow's body
+register_run   the run file, as a flow's body begins
 execute_plan   RUNNING (or nothing, when the row was cancelled first), the steps, the end
 run_steps      each step in turn: skipped, succeeded, or failed (stop, or go on and record)
 finish         COMPLETED with the result, or FAILED when a required step failed
@@ -9,8 +9,6 @@ finish         COMPLETED with the result, or FAILED when a required step failed
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from prefect import get_run_logger
@@ -22,7 +20,7 @@ from deployments.specs import script_limit_name
 from deployments.syncjob import SyncJobRepository, job_id_for_flow_run
 from flows import artifacts, early_slot
 from flows.alerts import alert_failure
-from flows.liveness import registered
+from flows.liveness import register
 from flows.progress_writer import run_repository
 from flows.step_results import StepResult, summarize
 from flows.steps import StepFailed, configured
@@ -39,17 +37,16 @@ def row_id(job_id: str | None) -> str:
     return job_id or job_id_for_flow_run(str(flow_run.id))
 
 
-@contextmanager
-def run_registered(job_id: str | None) -> Iterator[None]:
-    """This process's run file, for the flow body: the first thing a run does, so that a process
-    that dies from then on (in a database outage while RUNNING is retried, in the missed-slot
-    check's API calls) is seen dead by the reconciler. A Running run without one would stay so."""
-    with registered(str(flow_run.id), row_id(job_id)):
-        yield
+def register_run(job_id: str | None) -> None:
+    """This process's run file: the first thing a flow body does, so that a process that dies
+    from then on (in a database outage while RUNNING is retried, in the missed-slot check's API
+    calls, while the final state is reported) is seen dead by the reconciler. The file goes once
+    the final state is set (flows/hooks.py); a flow retry writes it again."""
+    register(str(flow_run.id), row_id(job_id))
 
 
 def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
-    """Inside `run_registered`."""
+    """After `register_run`."""
     logger = get_run_logger()
     repository = run_repository()  # states retried through DB blips, progress in the background
     job = row_id(job_id)

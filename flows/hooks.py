@@ -1,5 +1,5 @@
 """Flow state hooks: the SyncJob row FAILED on failure, crash or cancellation; the run's last
-artifacts written once its final state is set.
+artifacts written and its run file removed once its final state is set.
 
 Hooks run client side and are not guaranteed (docs/prefect.md, "State hooks"): the flow body
 writes every other transition itself, and the reconciler repairs rows whose hook never ran.
@@ -20,6 +20,7 @@ from deployments.specs import is_critical, row_script_for
 from deployments.syncjob import job_id_for_flow_run, syncjob_repository
 from flows.alerts import alert_failure
 from flows.artifacts import flush_artifacts
+from flows.liveness import unregister
 
 log = logging.getLogger(__name__)
 _EXCEPTION_PREFIX = "Flow run encountered an exception:"
@@ -59,10 +60,16 @@ def flush_run_artifacts(flow: Flow[..., Any], flow_run: FlowRun, state: State[An
     flush_artifacts(str(flow_run.id))
 
 
-# on_crashed runs where the process is gone (the runner): nothing of the run's to flush there.
+def end_run_file(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Prefect holds the final state: the reconciler no longer needs to watch this process."""
+    unregister(str(flow_run.id))
+
+
+# on_crashed runs where the process is gone (the runner): nothing of the run's to flush there,
+# and its run file is the reconciler's to read (it kills what the run left) and remove.
 RUN_HOOKS: dict[str, Any] = {
-    "on_completion": [flush_run_artifacts],
-    "on_failure": [mark_job_failed, flush_run_artifacts],
+    "on_completion": [flush_run_artifacts, end_run_file],
+    "on_failure": [mark_job_failed, flush_run_artifacts, end_run_file],
     "on_crashed": [mark_job_failed],
     "on_cancellation": [mark_job_failed, flush_run_artifacts],
 }

@@ -3,6 +3,11 @@
 If the process that ran a flow is killed with its machine's service (SIGKILL, OOM, reboot), Prefect
 still shows the run Running and no hook runs. The reconciler reads these files: a file whose
 process is gone means a dead run, known at once instead of after Prefect's heartbeat timeout.
+
+A run writes its file as its body begins and removes it once Prefect holds its final state (the
+flow's completion and failure hooks): a process killed while it reports that state is seen dead
+too. A file left by a process that ended otherwise (a final state whose hook runs elsewhere) is
+removed by the reconciler, which finds its run ended.
 """
 
 from __future__ import annotations
@@ -36,9 +41,8 @@ def runs_dir() -> Path:
     return get_settings().home / "runs"
 
 
-@contextmanager
-def registered(flow_run_id: str, job_id: str) -> Iterator[Path]:
-    """Mark this process as running `flow_run_id` for as long as the block lasts."""
+def register(flow_run_id: str, job_id: str) -> Path:
+    """Mark this process as running `flow_run_id` (until `unregister`)."""
     directory = runs_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{flow_run_id}.json"
@@ -46,10 +50,20 @@ def registered(flow_run_id: str, job_id: str) -> Iterator[Path]:
     path.write_text(
         json.dumps({"flowRunId": flow_run_id, "jobId": job_id, "pid": pid, "started": start_time(pid)})
     )
+    return path
+
+
+def unregister(flow_run_id: str) -> None:
+    (runs_dir() / f"{flow_run_id}.json").unlink(missing_ok=True)
+
+
+@contextmanager
+def registered(flow_run_id: str, job_id: str) -> Iterator[Path]:
+    """Mark this process as running `flow_run_id` for as long as the block lasts."""
     try:
-        yield path
+        yield register(flow_run_id, job_id)
     finally:
-        path.unlink(missing_ok=True)
+        unregister(flow_run_id)
 
 
 def note_script_group(flow_run_id: str, pgid: int) -> None:

@@ -9,7 +9,7 @@ from prefect.states import Completed, State
 
 from deployments.catalog import get_catalog
 from deployments.plans import plan_group
-from flows.execution import execute_plan, run_registered
+from flows.execution import execute_plan, register_run
 from flows.hooks import RUN_HOOKS
 from flows.missed import missed_slot_reason
 
@@ -29,9 +29,9 @@ def sync_group(
         job_id: The SyncJob row the admin created; empty: the run creates its own row.
         limit: --limit=N of the group's step that takes one (a group without one refuses it).
     """
-    with run_registered(job_id):
-        if reason := missed_slot_reason():
-            get_run_logger().warning("not running: %s", reason)
-            return Completed(message=f"skipped: {reason}")
-        plan = plan_group(get_catalog(), group, limit=limit)
-        return execute_plan(plan, job_id)
+    register_run(job_id)
+    if reason := missed_slot_reason():
+        get_run_logger().warning("not running: %s", reason)
+        return Completed(message=f"skipped: {reason}")
+    plan = plan_group(get_catalog(), group, limit=limit)
+    return execute_plan(plan, job_id)

@@ -9,7 +9,7 @@ from prefect.states import Completed, State
 
 from deployments.catalog import get_catalog
 from deployments.plans import plan_script
-from flows.execution import execute_plan, require_enabled, run_registered
+from flows.execution import execute_plan, register_run, require_enabled
 from flows.hooks import RUN_HOOKS
 from flows.missed import missed_slot_reason
 
@@ -31,10 +31,10 @@ def sync_script(
         flags: Replace the script's default flags (unset: the defaults; an empty list: none).
         limit: Sets --limit=N, replacing any other --limit.
     """
-    with run_registered(job_id):
-        if reason := missed_slot_reason():
-            get_run_logger().warning("not running: %s", reason)
-            return Completed(message=f"skipped: {reason}")
-        plan = plan_script(get_catalog(), script, flags=flags, limit=limit)  # refuses bad flags
-        require_enabled(plan)
-        return execute_plan(plan, job_id)
+    register_run(job_id)
+    if reason := missed_slot_reason():
+        get_run_logger().warning("not running: %s", reason)
+        return Completed(message=f"skipped: {reason}")
+    plan = plan_script(get_catalog(), script, flags=flags, limit=limit)  # refuses bad flags
+    require_enabled(plan)
+    return execute_plan(plan, job_id)

@@ -52,13 +52,14 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Crashed
+from prefect.states import Cancelled, Completed, Crashed, State
 
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import BASE_TAG, is_critical
 from deployments.syncjob import (
     SyncJobRepository,
+    SyncJobStatus,
     flow_run_of,
     is_transient,
     job_id_for_flow_run,
@@ -66,7 +67,7 @@ from deployments.syncjob import (
     utcnow,
 )
 from flows.alerts import AlertSender, alert_failure, start_spool_sender
-from flows.liveness import dead_runs, flow_process_here, live_run, runs_dir
+from flows.liveness import RunFile, dead_runs, flow_process_here, live_run, runs_dir
 from flows.process_tree import kill_run_leftovers, signal_process, start_time
 from scripts.cancel import FINAL, cancel_flow_run, state_of
 
@@ -75,6 +76,10 @@ CANCEL_FALLBACK_SECONDS = 15.0  # a runner that watches stops a Cancelling run w
 # Above the SyncJob writes' longest pause between retries (5 s): a body elsewhere that waited out a
 # database outage has written its row by the second look.
 UNBEGUN_CONFIRM_SECONDS = 12.0
+STOPPED = "stopped: its process is gone (ended by the reconciler)"
+PROCESS_DIED = (
+    "Le processus qui exécutait ce run est mort (service arrêté, machine redémarrée ou mémoire épuisée)."
+)
 ENDED_BADLY = {
     StateType.CRASHED: "a planté (Crashed)",
     StateType.CANCELLED: "a été annulé",
@@ -156,24 +161,37 @@ class Reconciler:
         marker.unlink(missing_ok=True)
 
     def dead_local_runs_pass(self, client: SyncPrefectClient) -> list[str]:
-        """Runs of this machine whose process died: Crashed in Prefect, FAILED in the row."""
+        """Runs of this machine whose process died: Crashed in Prefect, FAILED in the row (or
+        Completed, when the row says the body completed and only the report was lost). A file
+        whose run had ended is only removed."""
         failed = []
         for run in dead_runs():
-            reason = (
-                "Le processus qui exécutait ce run est mort (service arrêté, machine "
-                "redémarrée ou mémoire épuisée)."
-            )
             state = state_of(client, run.flow_run_id)
             if state is not None and state.type not in FINAL:
-                client.set_flow_run_state(UUID(run.flow_run_id), Crashed(message=reason), force=True)
+                client.set_flow_run_state(UUID(run.flow_run_id), self._end_of_dead(run, state), force=True)
             # its scripts run in their own sessions and outlive it, and so may whatever they
             # detached: every process tagged with the run's id goes, with the recorded groups
             if killed := kill_run_leftovers(run.flow_run_id, run.script_groups):
                 log.info("flow run %s died: killed its leftover processes %s", run.flow_run_id, killed)
-            if self._fail_row(run.job_id, run.flow_run_id, reason):
+            if self._fail_row(run.job_id, run.flow_run_id, PROCESS_DIED):
                 failed.append(run.job_id)
             run.path.unlink(missing_ok=True)
         return failed
+
+    def _end_of_dead(self, run: RunFile, state: State[Any]) -> State[Any]:
+        """Crashed; Cancelled when it was being cancelled (its runner stopped it, and says so
+        too); Completed when the body had completed (its row COMPLETED, naming the run) and the
+        process died while it reported the final state."""
+        if state.type == StateType.CANCELLING:
+            return Cancelled(message=STOPPED)
+        row = self.repository.get(run.job_id)
+        if (
+            row is not None
+            and row["status"] == SyncJobStatus.COMPLETED
+            and flow_run_of(row) == run.flow_run_id
+        ):
+            return Completed(message="completed; its process died before it could report it")
+        return Crashed(message=PROCESS_DIED)
 
     def stuck_runs_pass(self, client: SyncPrefectClient) -> list[str]:
         """Runs left Pending, Cancelling, or Running before their body began, with no process to
@@ -209,8 +227,7 @@ class Reconciler:
                 continue
             kill_run_leftovers(run_id)
             if state.type == StateType.CANCELLING:
-                message = "stopped: its process is gone (ended by the reconciler)"
-                client.set_flow_run_state(run.id, Cancelled(message=message), force=True)
+                client.set_flow_run_state(run.id, Cancelled(message=STOPPED), force=True)
                 log.warning("flow run %s still Cancelling, its process gone: Cancelled", run_id)
             else:
                 self._crash_unstarted(client, run)

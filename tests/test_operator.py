@@ -71,6 +71,9 @@ def test_a_row_cancelled_before_its_run_starts_runs_nothing(serving, syncjobs, s
     assert wait_final(run).is_cancelled()
     assert stubs.events() == []
     assert syncjobs.get("ccancelearly0000000000001")["error"] == CANCEL_MESSAGE
+    # no hook of the run's removes its run file on this end: the reconciler does, once it exited
+    run_file = STATE / "home" / "runs" / f"{run}.json"
+    wait_for(lambda: not run_file.exists(), timeout=20, what="the run file to be removed")
 
 
 def test_the_admins_stale_sweep_does_not_stop_a_run(serving, syncjobs, stubs):
@@ -186,8 +189,8 @@ def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(
     create_run("sync-script/orphan", job_id="ckilled000000000000000001")
     wait_for(lambda: len(stubs.pids("orphan")) == 4, timeout=90, what="the script and its children to start")
     script_pids = stubs.pids("orphan") + [c["pid"] for c in stubs.events("orphan", "start")]
-    run_files = list((STATE / "home" / "runs").glob("*.json"))
-    flow_pids = [json.loads(p.read_text())["pid"] for p in run_files]
+    run_files = [json.loads(p.read_text()) for p in (STATE / "home" / "runs").glob("*.json")]
+    flow_pids = [f["pid"] for f in run_files if f["jobId"] == "ckilled000000000000000001"]
     for pid in [serving.proc.pid, *flow_pids]:  # the service dies: serve and its flow process
         os.kill(pid, signal.SIGKILL)
     serving.proc.wait()
@@ -238,6 +241,52 @@ def test_cancelling_a_run_that_has_not_started_ends_it_at_once(prefect_api):
         run = client.create_flow_run(sync_script, parameters={"script": "gamma"}, state=later)
         assert cancel_flow_run(client, str(run.id), "cancelled from the admin")
         assert client.read_flow_run(run.id).state.is_cancelled()  # not left Cancelling for ever
+
+
+def test_a_run_whose_process_died_while_reporting_its_end_ends_as_its_row_says(prefect_api, syncjobs):
+    """The run file lives until Prefect holds the final state: a process killed after its body
+    wrote COMPLETED but before Prefect heard of it ends Completed, not Crashed; one killed with
+    its row still RUNNING is Crashed and its row FAILED. Its file goes either way."""
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client as get_sync_client
+    from prefect.states import Pending, Running
+
+    from flows.sync_script import sync_script
+
+    register = (
+        "import sys, time; from flows.liveness import register; register(*sys.argv[1:]); time.sleep(60)"
+    )
+    runs_dir = STATE / "home" / "runs"
+    ends = {}
+    with get_sync_client(sync_client=True) as client:
+        for ending in ("reported late", "mid-run"):
+            job_id = f"c{uuid.uuid4().hex[:24]}"
+            insert_pending(syncjobs, job_id, "gamma")
+            run = client.create_flow_run(sync_script, parameters={"script": "gamma", "job_id": job_id})
+            client.set_flow_run_state(run.id, Pending())
+            client.set_flow_run_state(run.id, Running())
+            process = subprocess.Popen([sys.executable, "-c", register, str(run.id), job_id], env=os.environ)
+            wait_for((runs_dir / f"{run.id}.json").exists, timeout=30, what="the run file")
+            assert syncjobs.mark_running(job_id, "gamma", str(run.id))
+            if ending == "reported late":
+                syncjobs.mark_completed(job_id, {"flowRunId": str(run.id), "steps": []})
+            process.kill()
+            process.wait()
+            ends[ending] = (run, job_id)
+        Reconciler(syncjobs).dead_local_runs_pass(client)
+        # (the serving process's reconciler may have taken a file first: the outcome is the same)
+        late, late_job = ends["reported late"]
+        state = client.read_flow_run(late.id).state
+        assert state.is_completed() and "died before it could report" in state.message
+        assert syncjobs.get(late_job)["status"] == "COMPLETED"
+        dead, dead_job = ends["mid-run"]
+        assert client.read_flow_run(dead.id).state.is_crashed()
+        row = syncjobs.get(dead_job)
+        assert row["status"] == "FAILED" and "processus" in row["error"]
+    for run, _ in ends.values():
+        assert not (runs_dir / f"{run.id}.json").exists()
 
 
 # --- runs left Pending, Cancelling or Running by a process that died at the wrong moment ----------
