@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 
 import httpx
@@ -14,6 +15,7 @@ import respx
 
 from deployments.specs import script_limit_name
 from deployments.syncjob import job_id_for_flow_run
+from flows import early_slot
 from flows.slots import slot_api
 from flows.sync_script import sync_script
 from support.polling import wait_for
@@ -120,8 +122,16 @@ def test_a_slot_asked_for_early_is_given_back_when_the_row_was_cancelled_first(s
 
 
 def test_an_early_request_queued_behind_another_run_does_not_hold_a_cancelled_run_up(
-    syncjobs, stubs, free_gamma
+    syncjobs, stubs, free_gamma, monkeypatch
 ):
+    given_back = threading.Event()
+    give_back_late = early_slot._release_done
+
+    def seen_giving_back(*args):
+        give_back_late(*args)
+        given_back.set()
+
+    monkeypatch.setattr(early_slot, "_release_done", seen_giving_back)
     other = slot_api().acquire(script_limit_name("gamma"))  # another run is running gamma
     try:
         syncjobs.create_pending("cearlyslot00000000000002", "gamma")
@@ -133,7 +143,9 @@ def test_an_early_request_queued_behind_another_run_does_not_hold_a_cancelled_ru
     finally:
         slot_api().release(other)
     # the waiting request gets the slot once the other run frees it, and gives it straight back
-    wait_for(lambda: active_slots("gamma") == 0, timeout=30, what="the late early slot given back")
+    # (waited for as such: the count is also 0 in the moment before the request gets the slot)
+    wait_for(given_back.is_set, timeout=30, what="the late early slot given back")
+    assert active_slots("gamma") == 0
 
 
 def test_a_step_whose_early_request_failed_asks_for_its_slot_itself(syncjobs, stubs, free_gamma):
