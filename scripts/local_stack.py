@@ -31,7 +31,12 @@ from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from deployments.specs import deployment_specs
 from scripts.limits import DISK_LEASES
-from scripts.prefect_settings import runner_environment, server_environment
+from scripts.prefect_settings import (
+    DATABASE_WAIT_SECONDS,
+    DatabaseUnusable,
+    runner_environment,
+    server_environment,
+)
 from scripts.readiness import Readiness, StackProbe
 from scripts.supervisor import Backoff, ChildSpec, Supervisor
 from shim.settings import ShimSettings
@@ -53,6 +58,11 @@ class StackSettings(BaseSettings):
     stop_grace_seconds: float = Field(
         default=20, ge=0, description="SIGTERM → SIGKILL grace per child (serve ends its runs in it)."
     )
+    database_wait_seconds: float = Field(
+        default=DATABASE_WAIT_SECONDS,
+        ge=0,
+        description="At start, how long to wait for a PostgreSQL DATABASE_URL to answer.",
+    )
     serve_stall_seconds: float = Field(
         default=120,
         gt=0,
@@ -61,7 +71,7 @@ class StackSettings(BaseSettings):
     )
 
 
-def stack_environment(port: int) -> dict[str, str]:
+def stack_environment(port: int, database_wait_seconds: float = DATABASE_WAIT_SECONDS) -> dict[str, str]:
     settings = get_settings()
     env = dict(os.environ)
     env.setdefault("PREFECT_HOME", str(settings.home / "prefect"))
@@ -76,7 +86,7 @@ def stack_environment(port: int) -> dict[str, str]:
     env.setdefault("POLIGRAPH_STUCK_RUN_SECONDS", "30")
     env["PYTHONUNBUFFERED"] = "1"  # children's lines reach the terminal as they are written
     # The Prefect settings of the stack (server and runner) live in scripts/prefect_settings.py.
-    return runner_environment(server_environment(env))
+    return runner_environment(server_environment(env, database_wait_seconds))
 
 
 def children(env: dict[str, str], port: int, probe: StackProbe) -> list[ChildSpec]:
@@ -139,7 +149,7 @@ class ForcedStop(Exception):
 class LocalStack:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
-        self.env = stack_environment(settings.prefect_port)
+        self.env = stack_environment(settings.prefect_port, settings.database_wait_seconds)
         self.api_url = self.env["PREFECT_API_URL"]
         shim = ShimSettings()  # refuses a bad shim configuration here, not in a restart loop
         shim_host = HOST if shim.host in ("0.0.0.0", "::") else shim.host
@@ -249,7 +259,11 @@ class LocalStack:
 
 
 def main() -> int:
-    stack = LocalStack(StackSettings())
+    try:
+        stack = LocalStack(StackSettings())
+    except DatabaseUnusable as exc:
+        print(f"stack: cannot start: {exc}", file=sys.stderr)
+        return 1
     signal.signal(signal.SIGINT, stack.on_signal)
     signal.signal(signal.SIGTERM, stack.on_signal)
     return stack.run()

@@ -10,15 +10,26 @@ the benchmarks (`make bench`) run the server and serve with exactly these.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import MutableMapping
 from pathlib import Path
 
 import certifi
 import psycopg
+from psycopg import pq
 from sqlalchemy.engine import make_url
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from deployments.settings import get_settings
 from deployments.syncjob import sqlalchemy_url
+
+log = logging.getLogger("poligraph.stack")
+DATABASE_WAIT_SECONDS = 120.0  # a PostgreSQL started with the stack has that long to answer
+
+
+class DatabaseUnusable(RuntimeError):
+    """The app's PostgreSQL did not answer in time, or refused the stack's connection."""
+
 
 # Server settings for SQLite (the default) and PostgreSQL alike.
 SERVER_SETTINGS = {
@@ -39,12 +50,12 @@ SQLITE_SETTINGS = {
 }
 
 
-def prefect_database_url(env: dict[str, str]) -> str | None:
+def prefect_database_url(env: dict[str, str], wait_seconds: float = DATABASE_WAIT_SECONDS) -> str | None:
     """The local stack's Prefect database on PostgreSQL, or None for SQLite under PREFECT_HOME.
 
     POLIGRAPH_PREFECT_DATABASE_URL wins ("sqlite" forces SQLite). Otherwise, when the app's
     DATABASE_URL is a PostgreSQL, the server gets a database of its own next to it:
-    `<app database>_prefect`, created when missing."""
+    `<app database>_prefect`, created when missing (once that PostgreSQL answers: `wait_seconds`)."""
     explicit = env.get("POLIGRAPH_PREFECT_DATABASE_URL")
     if explicit:
         return None if explicit == "sqlite" else explicit
@@ -53,17 +64,52 @@ def prefect_database_url(env: dict[str, str]) -> str | None:
         return None
     url = make_url(sqlalchemy_url(app_database_url))
     name = f"{url.database}_prefect"
-    ensure_database(url.set(drivername="postgresql").render_as_string(hide_password=False), name)
+    ensure_database(
+        url.set(drivername="postgresql").render_as_string(hide_password=False), name, wait_seconds
+    )
     return url.set(drivername="postgresql+asyncpg", database=name, query={}).render_as_string(
         hide_password=False
     )
 
 
-def ensure_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+def ensure_database(admin_url: str, name: str, wait_seconds: float = DATABASE_WAIT_SECONDS) -> None:
+    wait_for_postgres(admin_url, wait_seconds)
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    except psycopg.OperationalError as exc:  # libpq's message names host, port and role, never the password
+        reason = str(exc).strip().splitlines()[-1]
+        raise DatabaseUnusable(f"PostgreSQL (DATABASE_URL) refused the connection: {reason}") from exc
+
+
+def wait_for_postgres(url: str, wait_seconds: float) -> None:
+    """Return once the PostgreSQL at `url` accepts connections: a stack started with its database
+    (or while it restarts) waits instead of failing. libpq's ping is what `pg_isready` asks: no
+    answer, or "starting up / shutting down", is waited out; it says nothing of the password or
+    the database name, which the connection after it checks (and refuses at once)."""
+    parsed = make_url(url)
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+    # a host that drops packets must not hold one ping for libpq's default (no timeout)
+    conninfo = parsed.update_query_dict({"connect_timeout": "5"}).render_as_string(hide_password=False)
+
+    def say(state: RetryCallState) -> None:
+        left = max(0.0, wait_seconds - (state.seconds_since_start or 0.0))
+        log.warning("waiting for PostgreSQL at %s (DATABASE_URL) to answer: %.0f s left", where, left)
+
+    retrying = Retrying(
+        retry=retry_if_result(lambda ping: ping in (pq.Ping.REJECT, pq.Ping.NO_RESPONSE)),
+        wait=wait_exponential(multiplier=0.25, max=5),
+        stop=stop_after_delay(wait_seconds),
+        before_sleep=say,
+        retry_error_callback=lambda _: pq.Ping.NO_RESPONSE,
+    )
+    ping = retrying(pq.PGconn.ping, conninfo.encode())
+    if ping == pq.Ping.NO_ATTEMPT:
+        raise DatabaseUnusable(f"DATABASE_URL is not a PostgreSQL address libpq can use ({where})")
+    if ping != pq.Ping.OK:
+        raise DatabaseUnusable(f"PostgreSQL at {where} (DATABASE_URL) did not answer in {wait_seconds:g} s")
 
 
 # A Prefect runner polls for new runs every second (Prefect's default is 10 s; whole seconds
@@ -99,13 +145,15 @@ def small_ca_bundle_over_http(env: MutableMapping[str, str], directory: Path) ->
     env["PREFECT_API_SSL_CERT_FILE"] = str(path)
 
 
-def server_environment(env: dict[str, str]) -> dict[str, str]:
+def server_environment(
+    env: dict[str, str], database_wait_seconds: float = DATABASE_WAIT_SECONDS
+) -> dict[str, str]:
     """`env` with the local stack's Prefect server settings (anything already set wins)."""
     env = dict(env)
     for name, value in SERVER_SETTINGS.items():
         env.setdefault(name, value)
     if "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env:
-        database_url = prefect_database_url(env)
+        database_url = prefect_database_url(env, database_wait_seconds)
         if database_url:
             env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     if not env.get("PREFECT_SERVER_DATABASE_CONNECTION_URL", "").startswith("postgresql"):

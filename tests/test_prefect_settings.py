@@ -55,3 +55,92 @@ def test_what_the_environment_already_says_wins():
     assert result[CONNECTION_URL] == "postgresql+asyncpg://u@db:5432/prefect"
     assert result["PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS"] == "30"
     assert "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED" not in result
+
+
+@pytest.mark.integration
+def test_the_stack_waits_for_a_postgresql_that_is_still_starting(caplog):
+    """`make up` started together with its database: the Prefect database is created once the
+    app's PostgreSQL answers, not a traceback because it did not yet."""
+    import threading
+
+    from support.pg_cluster import PostgresCluster
+    from support.polling import wait_for
+
+    cluster = PostgresCluster()
+    app_url = make_url(cluster.url).set(database="postgres").render_as_string(hide_password=False)
+    results: list[dict[str, str] | BaseException] = []
+
+    def start_the_stack() -> None:
+        try:
+            results.append(server_environment({"DATABASE_URL": app_url}, database_wait_seconds=120))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            results.append(exc)
+
+    stack = threading.Thread(target=start_the_stack)
+    try:
+        with caplog.at_level("WARNING", logger="poligraph.stack"):
+            stack.start()
+            wait_for(
+                lambda: "waiting for PostgreSQL at 127.0.0.1" in caplog.text, timeout=30, what="the wait"
+            )
+            assert stack.is_alive()
+            cluster.start()
+            stack.join(timeout=60)
+        (env,) = results
+        assert isinstance(env, dict), env
+        assert "postgres_prefect" in databases(cluster.url)
+    finally:
+        stack.join(timeout=60)
+        cluster.remove()
+
+
+@pytest.mark.integration
+def test_a_postgresql_that_never_answers_or_refuses_the_login_fails_the_start_clearly(pg_url, caplog):
+    from scripts.prefect_settings import DatabaseUnusable
+    from support.ports import free_port
+
+    nobody = f"postgresql+psycopg://app:s3cret@127.0.0.1:{free_port()}/app"
+    with pytest.raises(DatabaseUnusable) as refused:
+        server_environment({"DATABASE_URL": nobody}, database_wait_seconds=0.5)
+    assert "did not answer in 0.5 s" in str(refused.value) and "s3cret" not in str(refused.value)
+    caplog.clear()
+    # the server answers but refuses this role: said at once, not waited out
+    wrong_role = make_url(pg_url).set(username="nobody").render_as_string(hide_password=False)
+    with caplog.at_level("WARNING", logger="poligraph.stack"), pytest.raises(DatabaseUnusable) as refused:
+        server_environment({"DATABASE_URL": wrong_role}, database_wait_seconds=120)
+    assert 'role "nobody" does not exist' in str(refused.value)
+    assert "waiting for PostgreSQL" not in caplog.text
+
+
+@pytest.mark.integration
+def test_make_up_with_a_postgresql_that_never_answers_exits_1_saying_why(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from support.paths import REPO
+    from support.ports import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://app:s3cret@127.0.0.1:{port}/app",
+        "POLIGRAPH_DATABASE_WAIT_SECONDS": "1",
+        "POLIGRAPH_HOME": str(tmp_path),
+    }
+    env.pop("POLIGRAPH_PREFECT_DATABASE_URL", None)
+    env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.local_stack"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert (
+        f"stack: cannot start: PostgreSQL at 127.0.0.1:{port} (DATABASE_URL) did not answer in 1 s"
+        in done.stderr
+    )
+    assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
