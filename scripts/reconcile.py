@@ -67,6 +67,7 @@ from deployments.syncjob import (
     utcnow,
 )
 from flows.alerts import AlertSender, alert_failure, start_spool_sender
+from flows.hooks import failure_message
 from flows.liveness import RunFile, dead_runs, flow_process_here, live_run, runs_dir
 from flows.process_tree import kill_run_leftovers, signal_process, start_time
 from scripts.cancel import FINAL, cancel_flow_run, state_of
@@ -162,18 +163,25 @@ class Reconciler:
 
     def dead_local_runs_pass(self, client: SyncPrefectClient) -> list[str]:
         """Runs of this machine whose process died: Crashed in Prefect, FAILED in the row (or
-        Completed, when the row says the body completed and only the report was lost). A file
-        whose run had ended is only removed."""
+        Completed, when the row says the body completed and only the report was lost). An active
+        row of a run that had ended (its file goes after the final state) is FAILED as its end
+        says, as its hook would have."""
         failed = []
         for run in dead_runs():
             state = state_of(client, run.flow_run_id)
+            reason = PROCESS_DIED
             if state is not None and state.type not in FINAL:
-                client.set_flow_run_state(UUID(run.flow_run_id), self._end_of_dead(run, state), force=True)
+                state = self._end_of_dead(run, state)
+                client.set_flow_run_state(UUID(run.flow_run_id), state, force=True)
+            if state is not None and not state.is_crashed():
+                reason = failure_message(state)  # Cancelled: "Annulé : …", as the hooks say it
             # its scripts run in their own sessions and outlive it, and so may whatever they
             # detached: every process tagged with the run's id goes, with the recorded groups
             if killed := kill_run_leftovers(run.flow_run_id, run.script_groups):
                 log.info("flow run %s died: killed its leftover processes %s", run.flow_run_id, killed)
-            if self._fail_row(run.job_id, run.flow_run_id, PROCESS_DIED):
+            completed = state is not None and state.is_completed()
+            cancelled = state is not None and state.is_cancelled()
+            if not completed and self._fail_row(run.job_id, run.flow_run_id, reason, alert=not cancelled):
                 failed.append(run.job_id)
             run.path.unlink(missing_ok=True)
         return failed
@@ -261,6 +269,7 @@ class Reconciler:
             if not run_id:
                 unstarted[row["id"]] = row  # its run has not begun its flow (or never will)
                 continue
+            cancelled = False  # a cancel is no failure: no alert
             try:
                 run = client.read_flow_run(UUID(run_id))
             except ObjectNotFound:
@@ -270,7 +279,8 @@ class Reconciler:
                 if state is None or state.type not in ENDED_BADLY:
                     continue
                 reason = f"Le run Prefect {ENDED_BADLY[state.type]} : {state.message or state.name}"
-            if self._fail_row(row["id"], run_id, reason, script=row["script"]):
+                cancelled = state.type == StateType.CANCELLED
+            if self._fail_row(row["id"], run_id, reason, script=row["script"], alert=not cancelled):
                 failed.append(row["id"])
         return failed + self._ended_before_starting(client, unstarted)
 
@@ -299,11 +309,15 @@ class Reconciler:
                 failed.append(row["id"])
         return failed
 
-    def _fail_row(self, job_id: str, flow_run_id: str, reason: str, script: str | None = None) -> bool:
-        """FAILED with the reason (and the alert of a critical script) if still active."""
+    def _fail_row(
+        self, job_id: str, flow_run_id: str, reason: str, script: str | None = None, alert: bool = True
+    ) -> bool:
+        """FAILED with the reason (and the alert of a critical script, unless `alert` is False: a
+        cancel is no failure) if still active."""
         if not self.repository.mark_failed(job_id, reason, only_if_active=True):
             return False
-        self._alert(job_id, flow_run_id, reason, script=script)
+        if alert:
+            self._alert(job_id, flow_run_id, reason, script=script)
         log.info("SyncJob %s → FAILED: %s", job_id, reason)
         return True
 

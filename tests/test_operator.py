@@ -246,12 +246,13 @@ def test_cancelling_a_run_that_has_not_started_ends_it_at_once(prefect_api):
 def test_a_run_whose_process_died_while_reporting_its_end_ends_as_its_row_says(prefect_api, syncjobs):
     """The run file lives until Prefect holds the final state: a process killed after its body
     wrote COMPLETED but before Prefect heard of it ends Completed, not Crashed; one killed with
-    its row still RUNNING is Crashed and its row FAILED. Its file goes either way."""
+    its row still RUNNING is Crashed and its row FAILED; one stopped while being cancelled ends
+    Cancelled, its row "Annulé". Its file goes each time."""
     import subprocess
     import sys
 
     from prefect.client.orchestration import get_client as get_sync_client
-    from prefect.states import Pending, Running
+    from prefect.states import Cancelling, Pending, Running
 
     from flows.sync_script import sync_script
 
@@ -261,7 +262,7 @@ def test_a_run_whose_process_died_while_reporting_its_end_ends_as_its_row_says(p
     runs_dir = STATE / "home" / "runs"
     ends = {}
     with get_sync_client(sync_client=True) as client:
-        for ending in ("reported late", "mid-run"):
+        for ending in ("reported late", "mid-run", "being cancelled"):
             job_id = f"c{uuid.uuid4().hex[:24]}"
             insert_pending(syncjobs, job_id, "gamma")
             run = client.create_flow_run(sync_script, parameters={"script": "gamma", "job_id": job_id})
@@ -272,6 +273,8 @@ def test_a_run_whose_process_died_while_reporting_its_end_ends_as_its_row_says(p
             assert syncjobs.mark_running(job_id, "gamma", str(run.id))
             if ending == "reported late":
                 syncjobs.mark_completed(job_id, {"flowRunId": str(run.id), "steps": []})
+            if ending == "being cancelled":
+                client.set_flow_run_state(run.id, Cancelling())
             process.kill()
             process.wait()
             ends[ending] = (run, job_id)
@@ -285,6 +288,10 @@ def test_a_run_whose_process_died_while_reporting_its_end_ends_as_its_row_says(p
         assert client.read_flow_run(dead.id).state.is_crashed()
         row = syncjobs.get(dead_job)
         assert row["status"] == "FAILED" and "processus" in row["error"]
+        stopped, stopped_job = ends["being cancelled"]
+        assert client.read_flow_run(stopped.id).state.is_cancelled()
+        row = syncjobs.get(stopped_job)
+        assert row["status"] == "FAILED" and row["error"].startswith("Annulé")
     for run, _ in ends.values():
         assert not (runs_dir / f"{run.id}.json").exists()
 
