@@ -52,7 +52,8 @@ STREAM_SECONDS = 38.0
 KILL_WINDOW = 26.0  # every kill within this many seconds of the stream's start
 DB_DOWN = (6.0, 12.0)  # seconds the app's database stays stopped
 EVENT_GAP = (3.0, 6.0)  # seconds between two sends of one stream
-# Bound on the quiet period: a run left Pending is ended after 30 s, then the backlog drains
+# Bound on the quiet period: a run left Pending is ended after 30 s (one left Running before its
+# body began, after 30 s and a second look 12 s later), then the backlog drains
 # (measured 54-57 s at a load average of 4-8 on 2 cores, 110 s at 7-10, more at 14).
 SETTLE_SECONDS = 150.0
 EVENTS = [
