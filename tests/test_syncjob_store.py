@@ -114,7 +114,9 @@ def test_completed_carries_the_last_progress_counts_whether_written_yet_or_not(s
         job_id = f"cjobcounts0000000000000{n:03d}"
         insert_pending(syncjobs, job_id, "alpha")
         repository.mark_running(job_id, "alpha")
-        repository.set_progress(job_id, 40, 40 + n, 100)  # written in the background, or not yet
+        repository.set_progress(job_id, 10, 10, 100)  # written in the background, or not yet
+        repository.set_progress(job_id, 40, 40 + n, 100)
+        repository.set_progress(job_id, 99)  # a step's end: a percent without counts
         repository.mark_completed(job_id, {"ok": True})
         row = raw_row(syncjobs, job_id)
         assert (row["status"], row["progress"], row["processed"], row["total"]) == (
