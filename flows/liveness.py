@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,15 +53,6 @@ def register(flow_run_id: str, job_id: str) -> Path:
 
 def unregister(flow_run_id: str) -> None:
     (runs_dir() / f"{flow_run_id}.json").unlink(missing_ok=True)
-
-
-@contextmanager
-def registered(flow_run_id: str, job_id: str) -> Iterator[Path]:
-    """Mark this process as running `flow_run_id` for as long as the block lasts."""
-    try:
-        yield register(flow_run_id, job_id)
-    finally:
-        unregister(flow_run_id)
 
 
 def note_script_group(flow_run_id: str, pgid: int) -> None:

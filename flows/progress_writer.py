@@ -44,22 +44,8 @@ class ProgressWriter:
 
     def submit(self, job_id: str, progress: int, processed: int | None, total: int | None) -> None:
         with self._changed:
-            self._queue(job_id, (progress, processed, total), newer=True)
+            self._pending[job_id] = _merged(self._pending.get(job_id), (progress, processed, total))
             self._changed.notify_all()
-
-    def _queue(self, job_id: str, value: Progress, newer: bool) -> None:
-        """Queue `value` (under the lock). The last value wins field by field: a percent alone
-        (a step's end) keeps the counts still waiting to be written."""
-        waiting = self._pending.get(job_id)
-        if waiting is None:
-            self._pending[job_id] = value
-            return
-        new, old = (value, waiting) if newer else (waiting, value)
-        self._pending[job_id] = (
-            new[0],
-            old[1] if new[1] is None else new[1],
-            old[2] if new[2] is None else new[2],
-        )
 
     def take(self, job_id: str, timeout: float = FLUSH_SECONDS) -> Progress | None:
         """The row's progress not written yet, removed from the queue (for a final state to write
@@ -86,7 +72,8 @@ class ProgressWriter:
             with self._changed:
                 self._busy.discard(job_id)
                 if not written:
-                    self._queue(job_id, value, newer=False)  # a value that came meanwhile wins
+                    newer = self._pending.get(job_id)  # a value that came meanwhile wins
+                    self._pending[job_id] = value if newer is None else _merged(value, newer)
                 self._changed.notify_all()
             if not written:
                 time.sleep(self.retry_pause)
@@ -98,6 +85,19 @@ class ProgressWriter:
         except Exception as exc:  # the database is away: keep the value, try again later
             log.warning("progress of SyncJob %s not written yet: %s", job_id, str(exc).splitlines()[0])
             return False
+
+
+def _merged(older: Progress | None, newer: Progress) -> Progress:
+    """The last value wins field by field: a percent alone (a step's end) keeps the counts still
+    waiting to be written."""
+    if older is None:
+        return newer
+    progress, processed, total = newer
+    return (
+        progress,
+        older[1] if processed is None else processed,
+        older[2] if total is None else total,
+    )
 
 
 _writers: dict[Engine, ProgressWriter] = {}

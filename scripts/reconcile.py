@@ -169,20 +169,20 @@ class Reconciler:
         failed = []
         for run in dead_runs():
             state = state_of(client, run.flow_run_id)
-            reason = PROCESS_DIED
             if state is not None and state.type not in FINAL:
                 state = self._end_of_dead(run, state)
                 client.set_flow_run_state(UUID(run.flow_run_id), state, force=True)
-            if state is not None and not state.is_crashed():
-                reason = failure_message(state)  # Cancelled: "Annulé : …", as the hooks say it
             # its scripts run in their own sessions and outlive it, and so may whatever they
             # detached: every process tagged with the run's id goes, with the recorded groups
             if killed := kill_run_leftovers(run.flow_run_id, run.script_groups):
                 log.info("flow run %s died: killed its leftover processes %s", run.flow_run_id, killed)
-            completed = state is not None and state.is_completed()
-            cancelled = state is not None and state.is_cancelled()
-            if not completed and self._fail_row(run.job_id, run.flow_run_id, reason, alert=not cancelled):
-                failed.append(run.job_id)
+            if state is None or state.is_crashed():
+                if self._fail_row(run.job_id, run.flow_run_id, PROCESS_DIED):
+                    failed.append(run.job_id)
+            elif not state.is_completed():  # as the hooks say it: "Annulé : …" for a cancel
+                alert = not state.is_cancelled()
+                if self._fail_row(run.job_id, run.flow_run_id, failure_message(state), alert=alert):
+                    failed.append(run.job_id)
             run.path.unlink(missing_ok=True)
         return failed
 
@@ -192,12 +192,8 @@ class Reconciler:
         process died while it reported the final state."""
         if state.type == StateType.CANCELLING:
             return Cancelled(message=STOPPED)
-        row = self.repository.get(run.job_id)
-        if (
-            row is not None
-            and row["status"] == SyncJobStatus.COMPLETED
-            and flow_run_of(row) == run.flow_run_id
-        ):
+        row = self._row_naming(run.job_id, run.flow_run_id)
+        if row is not None and row["status"] == SyncJobStatus.COMPLETED:
             return Completed(message="completed; its process died before it could report it")
         return Crashed(message=PROCESS_DIED)
 
@@ -247,8 +243,13 @@ class Reconciler:
     def _body_began(self, run: FlowRun) -> bool:
         """Whether the run's body named it in its SyncJob row (its first write, made before any
         step; the row of a run started without a jobId is created by that write)."""
-        row = self.repository.get(run.parameters.get("job_id") or job_id_for_flow_run(str(run.id)))
-        return row is not None and flow_run_of(row) == str(run.id)
+        job_id = run.parameters.get("job_id") or job_id_for_flow_run(str(run.id))
+        return self._row_naming(job_id, str(run.id)) is not None
+
+    def _row_naming(self, job_id: str, flow_run_id: str) -> dict[str, Any] | None:
+        """The row `job_id` when the body of `flow_run_id` has named that run in it."""
+        row = self.repository.get(job_id)
+        return row if row is not None and flow_run_of(row) == flow_run_id else None
 
     def _crash_unstarted(self, client: SyncPrefectClient, run: FlowRun) -> None:
         reason = (

@@ -94,16 +94,16 @@ def test_node_detached_child_is_killed_on_timeout(tsx_project, tmp_path):
 FLOW_PROCESS = textwrap.dedent(
     """
     import sys
-    from flows.liveness import note_script_group, registered
+    from flows.liveness import note_script_group, register
     from flows.process_tree import RUN_TAG
     from flows.script_runner import run_process
 
     run_id, job_id, cwd, *argv = sys.argv[1:]
-    with registered(run_id, job_id):
-        run_process(
-            argv, timeout_seconds=600, on_line=lambda *_: None, cwd=cwd, tags={RUN_TAG: run_id},
-            on_start=lambda pgid: note_script_group(run_id, pgid),
-        )
+    register(run_id, job_id)
+    run_process(
+        argv, timeout_seconds=600, on_line=lambda *_: None, cwd=cwd, tags={RUN_TAG: run_id},
+        on_start=lambda pgid: note_script_group(run_id, pgid),
+    )
     """
 )
 
