@@ -1,4 +1,4 @@
-"""Generate `prefect.yaml` from the catalog, for `prefect deploy --all` to a process work pool.
+"""Generate `prefect.yaml` from the catalog, for `prefect deploy --all` to the `poligraph` work pool.
 
 python -m deployments.prefect_yaml            # rewrite prefect.yaml
 python -m deployments.prefect_yaml --check    # exit 1 when the committed file is stale
@@ -58,7 +58,15 @@ def render(catalog: Catalog) -> str:
                 for s in spec.schedules
             ]
         deployments.append(entry)
-    document = {"name": "poligraph-jobs", "prefect-version": "3.9.1", "deployments": deployments}
+    # No pull step: the flows are imported from the installed package (entrypoints are module
+    # paths). Without this key `prefect deploy` would add `set_working_directory: <its cwd>`, and
+    # every worker machine would need a checkout at that very path.
+    document = {
+        "name": "poligraph-jobs",
+        "prefect-version": "3.9.1",
+        "pull": [],
+        "deployments": deployments,
+    }
     body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     return HEADER + body
 

@@ -85,11 +85,13 @@ class Settings(BaseSettings):
     catch_up_window_seconds: float = Field(
         default=3600, ge=0, description="A missed cron slot older than this is not run at all."
     )
-    serve_limit: int = Field(default=4, ge=1, description="Runs one serve process executes at once.")
-    serve_poll_seconds: float = Field(
-        default=0.5,
-        gt=0,
-        description="How often serve asks Prefect for runs to start (Prefect's setting: whole seconds).",
+    worker_deploy: bool = Field(
+        default=False,
+        description=(
+            "The worker creates the work pool, the per-script concurrency limits and every catalog "
+            "deployment in its pool when it starts (the local stack; production runs `scripts.setup "
+            "--deploy` once instead)."
+        ),
     )
     result_storage: str | None = Field(
         default=None,

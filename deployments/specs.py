@@ -21,9 +21,11 @@ GROUP: Kind = "group"
 SCRIPT_FLOW = "sync-script"
 GROUP_FLOW = "sync-group"
 FLOW_OF: dict[Kind, str] = {SCRIPT: SCRIPT_FLOW, GROUP: GROUP_FLOW}
+# Module paths, not file paths: a worker imports the flows from the installed package, wherever
+# (and whether) a checkout is on its machine.
 ENTRYPOINTS = {
-    SCRIPT_FLOW: "flows/sync_script.py:sync_script",
-    GROUP_FLOW: "flows/sync_group.py:sync_group",
+    SCRIPT_FLOW: "flows.sync_script:sync_script",
+    GROUP_FLOW: "flows.sync_group:sync_group",
 }
 BASE_TAG = "poligraph"  # every deployment; `setup` prunes tagged deployments the catalog dropped
 # Each deployment runs one at a time; a second trigger waits its turn instead of being dropped.

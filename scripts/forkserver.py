@@ -1,43 +1,45 @@
-"""serve's flow runs forked from a process that has already imported Prefect and the flows.
+"""Flow runs started as forks of a process that has already imported Prefect and the flows.
 
-Prefect's runner starts each served flow run with multiprocessing's "spawn": a new interpreter
-that imports Prefect, the flow and its dependencies before the run can turn Running (1.5 to 3 s
-on two shared cores, and the flow's first-use imports land inside the run: docs/prefect.md,
-"Flow start"). multiprocessing's "forkserver" method starts the same call from a fork of a
-server process that imported all of that once, at serve's start. The server is single-threaded
-when it forks (serve itself is not, so forking serve would not be safe); the run gets the same
-serialized call, environment and settings as with spawn, and serve gets back a process with the
-same interface (pid, join, exitcode, kill).
+Prefect starts a flow run it holds the flow object of (`run_flow_in_subprocess`) with
+multiprocessing's "spawn": a new interpreter that imports Prefect, the flow and its dependencies
+before the run can turn Running (1.5 to 3 s on two shared cores, and the flow's first-use
+imports land inside the run: docs/prefect.md, "Flow start"). A process worker does worse: it
+starts `python -m prefect.engine`, which also reads the deployment and loads the flow from its
+entrypoint (4 to 5 s). multiprocessing's "forkserver" method starts the same call from a fork of
+a server process that imported all of that once, at the worker's start. The server is
+single-threaded when it forks (the worker is not, so forking the worker would not be safe); the
+run gets the same serialized call, environment and settings as with spawn, and the worker gets
+back a process with the same interface (pid, join, exitcode, kill).
 
-Two private hooks of Prefect 3.9.1, both checked at start (a Prefect that changed them fails
-`serve_forked` instead of silently spawning again, and the tests check a served run is a fork):
+This is the one module that reaches into Prefect's private parts (all checked at start, and by
+tests/test_forkserver.py, so that a Prefect upgrade that moved them fails loudly instead of
+starting runs slowly or not at all):
 
-* The runner runs a deployment's flow object directly (`run_flow_in_subprocess`) only when the
-  flow is in its registry (`Runner.add_flow`, which builds its own deployment); `prefect.serve`
-  registers deployments without it, and each run becomes `python -m prefect.engine`, which
-  imports everything again. `serve_forked` registers our deployments and their flows.
 * `run_flow_in_subprocess` asks `multiprocessing.get_context("spawn")` through the
   `multiprocessing` name of `prefect.flow_engine`; `install` points that name at an object whose
-  `get_context` gives the forkserver context.
-
-With the flow in the registry the runner, not the run, calls the flow's on_crashed and
-on_cancellation hooks when a run's process ends that way (as Prefect does for `add_flow`).
+  `get_context` gives the forkserver context;
+* `ForkedRunStarter` follows the `ProcessStarter` protocol of `prefect.runner._flow_run_executor`
+  (what Prefect's own `DirectSubprocessStarter` does, plus the job's environment), and the
+  worker runs it through `FlowRunExecutorContext`, as Prefect's ProcessWorker does.
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
+
+import anyio
+import anyio.abc
 
 if TYPE_CHECKING:
     from prefect import Flow
-    from prefect.deployments.runner import RunnerDeployment
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.runner._control_channel import ControlChannel
+    from prefect.runner._process_manager import ProcessHandle
 
 log = logging.getLogger(__name__)
 
@@ -72,36 +74,62 @@ class _ForkserverMultiprocessing:
 
 
 def install(preload: list[str] | None = None) -> None:
-    """From now on, this process's served flow runs start as forks of a preloaded server (started
-    here, so the first run does not wait for its imports)."""
+    """From now on, this process's flow runs started from flow objects are forks of a preloaded
+    server (started here, so the first run does not wait for its imports)."""
     from prefect import flow_engine
 
     source = inspect.getsource(flow_engine.run_flow_in_subprocess)
     if 'multiprocessing.get_context("spawn")' not in source:
         raise RuntimeError("prefect.flow_engine.run_flow_in_subprocess no longer starts runs as expected")
+    if isinstance(flow_engine.multiprocessing, _ForkserverMultiprocessing):
+        return
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD if preload is None else preload)
     multiprocessing.forkserver.ensure_running()
     flow_engine.multiprocessing = _ForkserverMultiprocessing(context)  # type: ignore[assignment]
 
 
-def serve_forked(
-    deployments: list[tuple[RunnerDeployment, Flow[..., Any]]], limit: int, poll_seconds: float
-) -> None:
-    """`prefect.serve(*deployments, limit=limit, pause_on_shutdown=False)`, each run a fork, and
-    a poll for new runs every `poll_seconds` (PREFECT_RUNNER_POLL_FREQUENCY takes whole seconds;
-    the runner's `query_seconds` does not)."""
-    from prefect.exceptions import TerminationSignal
-    from prefect.runner import Runner
+class ForkedRunStarter:
+    """Starts one flow run from its flow object (a fork, once `install` ran) with the job's
+    environment, and waits for it: `task_status.started(handle)` first, then the join."""
 
-    install()
-    runner = Runner(pause_on_shutdown=False, limit=limit, query_seconds=poll_seconds)
-    registry = runner._deployment_registry
-    for deployment, flow in deployments:
-        deployment_id = runner.add_deployment(deployment)
-        assert isinstance(deployment_id, UUID)  # called from sync code: not a coroutine
-        registry.register_flow(deployment_id, flow)
-    try:
-        asyncio.run(runner.start())
-    except (KeyboardInterrupt, TerminationSignal) as exc:
-        log.info("received %s, shutting down", type(exc).__name__)
+    def __init__(
+        self,
+        *,
+        flow: Flow[..., Any],
+        env: dict[str, str | None],
+        deployment_name: str | None,
+        control_channel: ControlChannel,
+    ) -> None:
+        self._flow = flow
+        self._env = env
+        self._deployment_name = deployment_name
+        self._control_channel = control_channel
+
+    async def start(
+        self,
+        flow_run: FlowRun,
+        task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        from prefect import flow_engine
+        from prefect.runner._process_manager import ProcessHandle
+
+        env: dict[str, str | None] = {**self._env, "PREFECT__DEPLOYMENT_NAME": self._deployment_name}
+        registered = False
+        try:
+            # the control channel lets a cancel reach the run's engine before its SIGTERM
+            port, token = self._control_channel.register(flow_run.id)
+            env |= {"PREFECT__CONTROL_PORT": str(port), "PREFECT__CONTROL_TOKEN": token}
+            registered = True
+        except RuntimeError:  # the channel could not bind: cancels fall back to the signal alone
+            pass
+        handed_off = False
+        try:
+            process = flow_engine.run_flow_in_subprocess(self._flow, flow_run=flow_run, env=env)
+            task_status.started(ProcessHandle(process))
+            handed_off = True
+            await anyio.to_thread.run_sync(process.join)
+        except BaseException:
+            if registered and not handed_off:
+                self._control_channel.unregister(flow_run.id)
+            raise

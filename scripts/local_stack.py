@@ -1,12 +1,13 @@
 """Run everything on one machine, supervised: a Prefect server (UI; SQLite, or a PostgreSQL
-database of its own when DATABASE_URL is a PostgreSQL: scripts/prefect_settings.py), every deployment
-served (`python -m scripts.serve`), and the Inngest-compatible Event API (`python -m shim`).
+database of its own when DATABASE_URL is a PostgreSQL: scripts/prefect_settings.py), one worker of
+the `poligraph` pool (scripts/worker.py: the same command as on a production machine, creating the
+catalog's deployments as it starts), and the Inngest-compatible Event API (`python -m shim`).
 
     python -m scripts.local_stack          (what `make up` runs)
 
 Each child is restarted when it dies (exponential backoff) and its output is shown prefixed
-with its name. The shim starts at once and stores events while Prefect is away; the serving
-process starts once the Prefect server answers. The line `stack   | ready: …` is printed once
+with its name. The shim starts at once and stores events while Prefect is away; the worker starts
+once the Prefect server answers. The line `stack   | ready: …` is printed once
 everything answers (scripts/readiness.py), and again after each recovery. Ctrl-C or SIGTERM
 stops everything (exit 0); a second Ctrl-C kills at once.
 
@@ -29,13 +30,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
+from deployments.prefect_yaml import WORK_POOL
 from deployments.specs import deployment_specs
 from scripts.limits import DISK_LEASES
 from scripts.prefect_settings import (
     DATABASE_WAIT_SECONDS,
     DatabaseUnusable,
-    runner_environment,
     server_environment,
+    worker_environment,
 )
 from scripts.readiness import Readiness, StackProbe
 from scripts.supervisor import Backoff, ChildSpec, Supervisor
@@ -43,6 +45,7 @@ from shim.settings import ShimSettings
 
 HOST = "127.0.0.1"
 TICK_SECONDS = 0.2
+WORKER_NAME = "local"  # how readiness finds it among the pool's workers
 
 
 class StackSettings(BaseSettings):
@@ -56,18 +59,19 @@ class StackSettings(BaseSettings):
         default=30, gt=0, description="Longest wait before restarting a child that keeps dying."
     )
     stop_grace_seconds: float = Field(
-        default=20, ge=0, description="SIGTERM → SIGKILL grace per child (serve ends its runs in it)."
+        default=20, ge=0, description="SIGTERM → SIGKILL grace per child (the worker ends its runs in it)."
     )
     database_wait_seconds: float = Field(
         default=DATABASE_WAIT_SECONDS,
         ge=0,
         description="At start, how long to wait for a PostgreSQL DATABASE_URL to answer.",
     )
-    serve_stall_seconds: float = Field(
+    worker_limit: int = Field(default=4, ge=1, description="Runs the worker executes at once.")
+    worker_stall_seconds: float = Field(
         default=120,
         gt=0,
-        description="Restart the serving process when it has not polled for its runs this long "
-        "while the Prefect server answers.",
+        description="Restart the worker when it has sent no heartbeat this long while the Prefect "
+        "server answers.",
     )
 
 
@@ -85,19 +89,30 @@ def stack_environment(port: int, database_wait_seconds: float = DATABASE_WAIT_SE
     # (its queued successors wait for it).
     env.setdefault("POLIGRAPH_STUCK_RUN_SECONDS", "30")
     env["PYTHONUNBUFFERED"] = "1"  # children's lines reach the terminal as they are written
-    # The Prefect settings of the stack (server and runner) live in scripts/prefect_settings.py.
-    return runner_environment(server_environment(env, database_wait_seconds))
+    env.setdefault("POLIGRAPH_WORKER_DEPLOY", "true")  # the worker creates the deployments
+    # The Prefect settings of the stack (server and worker) live in scripts/prefect_settings.py.
+    return worker_environment(server_environment(env, database_wait_seconds))
 
 
-def children(env: dict[str, str], port: int, probe: StackProbe) -> list[ChildSpec]:
-    """In start order; they are stopped in reverse (shim, serve, then the server)."""
+def worker_command(python: str, limit: int) -> list[str]:
+    """What a production machine runs (the README's command), named for readiness."""
+    return [python, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "poligraph"] + [
+        "--name",
+        WORKER_NAME,
+        "--limit",
+        str(limit),
+    ]
+
+
+def children(env: dict[str, str], port: int, probe: StackProbe, worker_limit: int) -> list[ChildSpec]:
+    """In start order; they are stopped in reverse (shim, worker, then the server)."""
     python = sys.executable
     server = [python, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
     return [
         ChildSpec("prefect", server, env),
         ChildSpec(
-            "serve",
-            [python, "-m", "scripts.serve"],
+            "worker",
+            worker_command(python, worker_limit),
             env,
             ready_to_start=probe.prefect_healthy,
             waiting_for="the Prefect server to answer",
@@ -126,9 +141,9 @@ class ReadinessMonitor(threading.Thread):
     def run(self) -> None:
         while not self._done.is_set():
             started = time.monotonic()
-            serving = self._supervisor.started_wall("serve") if self._supervisor.running("serve") else None
+            worker = self._supervisor.started_wall("worker") if self._supervisor.running("worker") else None
             try:
-                result = self._probe.check(datetime.fromtimestamp(serving, UTC) if serving else None)
+                result = self._probe.check(datetime.fromtimestamp(worker, UTC) if worker else None)
             except Exception as exc:  # an answer the probe did not expect: not ready, check again
                 result = Readiness([f"a readiness check ({type(exc).__name__}: {exc})"], False, False)
             with self._lock:
@@ -155,12 +170,16 @@ class LocalStack:
         shim_host = HOST if shim.host in ("0.0.0.0", "::") else shim.host
         self.shim_url = f"http://{shim_host}:{shim.port}"
         names = [spec.full_name for spec in deployment_specs(get_catalog())]
-        poll_every = float(self.env.get("PREFECT_RUNNER_POLL_FREQUENCY", "10"))
+        heartbeat_every = float(self.env.get("PREFECT_WORKER_HEARTBEAT_SECONDS", "30"))
         self.probe = StackProbe(
-            self.api_url, self.shim_url, names, poll_stale_seconds=max(30.0, 3 * poll_every)
+            self.api_url,
+            self.shim_url,
+            names,
+            worker=(WORK_POOL, WORKER_NAME),
+            heartbeat_stale_seconds=max(60.0, 3 * heartbeat_every),
         )
         self.supervisor = Supervisor(
-            children(self.env, settings.prefect_port, self.probe),
+            children(self.env, settings.prefect_port, self.probe, settings.worker_limit),
             backoff=Backoff(max_seconds=settings.restart_max_seconds),
             stop_grace_seconds=settings.stop_grace_seconds,
         )
@@ -170,7 +189,7 @@ class LocalStack:
         self.not_ready_since = time.monotonic()
         self.last_warning = time.monotonic()
         self.invalidated_at = time.monotonic()  # readiness checks started before this are stale
-        self.serve_excused_at = time.monotonic()  # last time serve was polling, or could not
+        self.worker_excused_at = time.monotonic()  # last time the worker was heard, or could not be
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop_requested:
@@ -218,8 +237,8 @@ class LocalStack:
             elif not readiness.ready and self.announced_ready:
                 self.supervisor.say(f"not ready: missing {'; '.join(readiness.missing)}")
                 self._not_ready(now)
-        if recent and (readiness.serving_polls or not readiness.prefect_up):
-            self.serve_excused_at = now
+        if recent and (readiness.worker_heard or not readiness.prefect_up):
+            self.worker_excused_at = now
         if (
             not self.announced_ready
             and now - max(self.not_ready_since, self.last_warning) >= self.settings.ready_warning_seconds
@@ -229,23 +248,23 @@ class LocalStack:
             self.supervisor.say(
                 f"still not ready after {waited:.0f} s; missing: {self._missing_now(readiness)}"
             )
-        self._watch_serve(now)
+        self._watch_worker(now)
 
-    def _watch_serve(self, now: float) -> None:
-        """A serving process that lost the server mid-registration can hang without exiting."""
-        stall = self.settings.serve_stall_seconds
-        if self.supervisor.uptime("serve") > stall and now - self.serve_excused_at > stall:
+    def _watch_worker(self, now: float) -> None:
+        """A worker that lost the server mid-start can hang without exiting."""
+        stall = self.settings.worker_stall_seconds
+        if self.supervisor.uptime("worker") > stall and now - self.worker_excused_at > stall:
             self.supervisor.restart(
-                "serve", f"has not polled for its runs for {stall:g} s while the Prefect server answers"
+                "worker", f"has sent no heartbeat for {stall:g} s while the Prefect server answers"
             )
-            self.serve_excused_at = now
+            self.worker_excused_at = now
 
     def _not_ready(self, now: float) -> None:
         self.announced_ready = False
         self.not_ready_since = self.last_warning = now
 
     def _missing_now(self, readiness: Readiness) -> str:
-        down = [name for name in ("prefect", "serve", "shim") if not self.supervisor.running(name)]
+        down = [name for name in ("prefect", "worker", "shim") if not self.supervisor.running(name)]
         parts = [f"{name} (not running)" for name in down] + readiness.missing
         return "; ".join(parts) or "a fresh check"
 
@@ -254,7 +273,8 @@ class LocalStack:
         port = self.settings.prefect_port
         self.supervisor.say(
             f"ready: UI http://{HOST}:{port}  Event API (shim) {self.shim_url}  "
-            f"{len(self.probe.deployment_names)} deployments served  —  export PREFECT_API_URL={self.api_url}"
+            f"{len(self.probe.deployment_names)} deployments, worker {WORKER_NAME!r} of pool {WORK_POOL!r}"
+            f"  —  export PREFECT_API_URL={self.api_url}"
         )
 
 

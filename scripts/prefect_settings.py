@@ -1,11 +1,11 @@
 """The Prefect settings of the local stack (`make up`), in one place.
 
     server_environment(env)   the Prefect server process's environment
-    runner_environment(env)   serve's (and every flow run's) environment
-    small_ca_bundle_over_http(env, dir)   what serve sets for its runs over a plain-http API
+    worker_environment(env)   the worker's (and every flow run's) environment
+    small_ca_bundle_over_http(env, dir)   what the worker sets for its runs over a plain-http API
 
 Why each setting is there is measured in docs/prefect.md ("Server under bursts", "Flow start");
-the benchmarks (`make bench`) run the server and serve with exactly these.
+the benchmarks (`make bench`) run the server and the worker with exactly these.
 """
 
 from __future__ import annotations
@@ -112,17 +112,17 @@ def wait_for_postgres(url: str, wait_seconds: float) -> None:
         raise DatabaseUnusable(f"PostgreSQL at {where} (DATABASE_URL) did not answer in {wait_seconds:g} s")
 
 
-# A Prefect runner polls for new runs every second (Prefect's default is 10 s; whole seconds
-# only). scripts.serve polls every POLIGRAPH_SERVE_POLL_SECONDS (0.5 s) instead.
-RUNNER_SETTINGS = {
-    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+# The worker starts runs on Prefect's events (scripts/run_wakeups.py); its own poll is the
+# fallback while the events stream is down: every 5 s on one machine instead of Prefect's 10.
+WORKER_SETTINGS = {
+    "PREFECT_WORKER_QUERY_SECONDS": "5",
 }
 
 
-def runner_environment(env: dict[str, str]) -> dict[str, str]:
-    """`env` with the local stack's runner settings (anything already set wins)."""
+def worker_environment(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the local stack's worker settings (anything already set wins)."""
     env = dict(env)
-    for name, value in RUNNER_SETTINGS.items():
+    for name, value in WORKER_SETTINGS.items():
         env.setdefault(name, value)
     return env
 

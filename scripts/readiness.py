@@ -1,9 +1,10 @@
 """What "ready" means for the local stack, checked the way an operator's first commands use it.
 
 Ready = the Prefect server answers `/api/health`, every catalog deployment can be read back by
-name through the Prefect client (what `prefect deployment run flow/name` does first) and has
-been polled by the current serving process (so a run created now is picked up), and the shim
-answers `/health`. `missing()` names whatever is not there yet.
+name through the Prefect client (what `prefect deployment run flow/name` does first), the current
+worker process has sent its pool a heartbeat (it does so once its fork server, deployments and
+run services are up, so a run created now is picked up), and the shim answers `/health`.
+`missing` names whatever is not there yet.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def answers(url: str) -> bool:
 class Readiness:
     missing: list[str]
     prefect_up: bool  # the Prefect server answered /api/health
-    serving_polls: bool  # the serving process polled for every deployment since it started
+    worker_heard: bool  # the current worker sent a heartbeat since it started, recently
 
     @property
     def ready(self) -> bool:
@@ -39,67 +40,73 @@ class Readiness:
 
 class StackProbe:
     def __init__(
-        self, api_url: str, shim_url: str, deployment_names: Iterable[str], poll_stale_seconds: float
+        self,
+        api_url: str,
+        shim_url: str,
+        deployment_names: Iterable[str],
+        worker: tuple[str, str],
+        heartbeat_stale_seconds: float,
     ) -> None:
         self.api_url = api_url
         self.shim_url = shim_url
         self.deployment_names = sorted(deployment_names)
-        # A deployment last polled longer ago than this is not being served.
-        self.poll_stale = timedelta(seconds=poll_stale_seconds)
+        self.work_pool, self.worker_name = worker
+        # A worker last heard longer ago than this is not working.
+        self.heartbeat_stale = timedelta(seconds=heartbeat_stale_seconds)
 
     def prefect_healthy(self) -> bool:
         return answers(f"{self.api_url}/health")
 
-    def check(self, serve_started: datetime | None) -> Readiness:
-        """What is missing; `serve_started` is the start of the current serving process (None
+    def check(self, worker_started: datetime | None) -> Readiness:
+        """What is missing; `worker_started` is the start of the current worker process (None
         when it is not running)."""
         missing: list[str] = []
-        serving_polls = False
+        worker_heard = False
         prefect_up = self.prefect_healthy()
         if not prefect_up:
             missing.append(f"the Prefect server ({self.api_url}/health)")
         else:
-            unregistered, unpolled = self._deployments(serve_started)
+            unregistered, heard = self._deployments_and_worker(worker_started)
             if unregistered:
                 missing.append(f"{_count(unregistered)} not registered yet ({_some(unregistered)})")
-            if serve_started is None:
-                missing.append("the serving process (not running)")
-            elif unpolled:
-                missing.append(
-                    f"{_count(unpolled)} not yet polled by the serving process ({_some(unpolled)})"
-                )
-            serving_polls = serve_started is not None and not unpolled and not unregistered
+            if worker_started is None:
+                missing.append("the worker (not running)")
+            elif not heard:
+                missing.append(f"the worker's first heartbeat in work pool {self.work_pool!r}")
+            worker_heard = heard
         if not answers(f"{self.shim_url}/health"):
             missing.append(f"the shim ({self.shim_url}/health)")
-        return Readiness(missing, prefect_up, serving_polls)
+        return Readiness(missing, prefect_up, worker_heard)
 
-    def _deployments(self, serve_started: datetime | None) -> tuple[list[str], list[str]]:
-        """(names not registered, names not polled since serve_started and recently)."""
+    def _deployments_and_worker(self, worker_started: datetime | None) -> tuple[list[str], bool]:
+        """(names not registered, whether the worker was heard since worker_started, recently)."""
         from prefect.client.orchestration import SyncPrefectClient
         from prefect.exceptions import ObjectNotFound
 
         unregistered: list[str] = []
-        unpolled: list[str] = []
-        now = datetime.now(UTC)
         try:
             with SyncPrefectClient(self.api_url, httpx_settings={"timeout": PROBE_TIMEOUT_SECONDS}) as client:
                 for name in self.deployment_names:
                     try:
-                        deployment = client.read_deployment_by_name(name)
+                        client.read_deployment_by_name(name)
                     except ObjectNotFound:
                         unregistered.append(name)
-                        continue
-                    polled = deployment.last_polled
-                    if (
-                        serve_started is None
-                        or polled is None
-                        or polled < serve_started
-                        or now - polled > self.poll_stale
-                    ):
-                        unpolled.append(name)
+                try:
+                    workers = client.read_workers_for_work_pool(self.work_pool)
+                except ObjectNotFound:  # the worker creates its pool as it starts
+                    workers = []
         except httpx.HTTPError:  # the server went away mid-check: nothing is known
-            return list(self.deployment_names), list(self.deployment_names)
-        return unregistered, unpolled
+            return list(self.deployment_names), False
+        now = datetime.now(UTC)
+        heard = any(
+            worker_started is not None
+            and w.name == self.worker_name
+            and w.last_heartbeat_time is not None
+            and w.last_heartbeat_time >= worker_started
+            and now - w.last_heartbeat_time <= self.heartbeat_stale
+            for w in workers
+        )
+        return unregistered, heard
 
 
 def _count(names: list[str]) -> str:

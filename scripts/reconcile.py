@@ -389,6 +389,17 @@ class Reconciler:
             self._stop.wait(max(0.0, self.settings.reconcile_interval_seconds - elapsed))
 
 
+def _read_marker(marker: Path) -> tuple[float, int, float | None] | None:
+    """(when, pid, start time) of a stop this reconciler began, None when there is none."""
+    try:
+        data = json.loads(marker.read_text())
+        return float(data["at"]), int(data["pid"]), data.get("started")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return (0.0, 0, None)  # unreadable: treat the process as gone and finish the stop
+
+
 def _what(exc: Exception) -> str:
     return "the database" if is_transient(exc) else "the Prefect server"
 
@@ -401,13 +412,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-def _read_marker(marker: Path) -> tuple[float, int, float | None] | None:
-    """(when, pid, start time) of a stop this reconciler began, None when there is none."""
-    try:
-        data = json.loads(marker.read_text())
-        return float(data["at"]), int(data["pid"]), data.get("started")
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return (0.0, 0, None)  # unreadable: treat the process as gone and finish the stop

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -86,12 +87,26 @@ class PrefectServer:
         self.start()
 
 
-def start_serve(extra_env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
-    """`python -m scripts.serve` (every deployment + the reconciler) in its own session."""
-    env = {**os.environ, **extra_env}
+WORKER_NAME = "test-worker"
+
+
+def worker_command(name: str = WORKER_NAME, limit: int = 4) -> list[str]:
+    """What a production machine runs: a worker of the poligraph pool."""
+    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", "poligraph", "--type", "poligraph"] + [
+        "--name",
+        name,
+        "--limit",
+        str(limit),
+    ]
+
+
+def start_worker(extra_env: dict[str, str], log_name: str, name: str = WORKER_NAME) -> subprocess.Popen[bytes]:
+    """The worker (creating the catalog's deployments as it starts, as the local stack's does;
+    its reconciler beside it) in its own session."""
+    env = {**os.environ, "POLIGRAPH_WORKER_DEPLOY": "true", **extra_env}
     log = (STATE / log_name).open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "scripts.serve"],
+        worker_command(name),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -100,21 +115,38 @@ def start_serve(extra_env: dict[str, str], log_name: str) -> subprocess.Popen[by
     )
 
 
-def start_serve_ready(
-    extra_env: dict[str, str], log_name: str, timeout: float = 60
+def start_worker_ready(
+    extra_env: dict[str, str], log_name: str, timeout: float = 90, name: str = WORKER_NAME
 ) -> subprocess.Popen[bytes]:
-    """`start_serve`, returning once every deployment of the catalog it serves exists."""
+    """`start_worker`, returning once every deployment of the catalog exists and the worker has
+    sent its pool a heartbeat (its fork server and run services are up)."""
     from deployments.catalog import get_catalog
     from deployments.specs import deployment_specs
 
-    proc = start_serve(extra_env, log_name)
+    started = datetime.now(UTC)
+    proc = start_worker(extra_env, log_name, name)
     try:
         for spec in deployment_specs(get_catalog()):
             wait_for(deployment_ready(spec.full_name), timeout=timeout, what=spec.full_name)
+        wait_for(lambda: worker_heard_since(name, started), timeout=timeout, what=f"worker {name}'s heartbeat")
     except BaseException:
         stop_process_group(proc)
         raise
     return proc
+
+
+def worker_heard_since(name: str, since: datetime) -> bool:
+    from prefect.client.orchestration import get_client
+
+    async def check() -> bool:
+        async with get_client() as client:
+            try:
+                workers = await client.read_workers_for_work_pool("poligraph")
+            except Exception:
+                return False
+        return any(w.name == name and w.last_heartbeat_time and w.last_heartbeat_time >= since for w in workers)
+
+    return run_async(check())
 
 
 def deployment_ready(full_name: str) -> Callable[[], bool]:
@@ -199,13 +231,12 @@ def artifacts_of(flow_run_id: UUID | str) -> dict[str, Any]:
 
 
 def apply_catalog_deployments() -> None:
-    """The configured catalog's deployments, registered but not served: their runs stay Scheduled."""
+    """The configured catalog's deployments, created in the pool but with no worker: their runs
+    stay Scheduled."""
     from deployments.catalog import get_catalog
-    from deployments.specs import deployment_specs
-    from scripts.serve import runner_deployment
+    from scripts.setup import apply_deployments
 
-    for spec in deployment_specs(get_catalog()):
-        runner_deployment(spec).apply()  # sync outside an event loop
+    run_async(apply_deployments(get_catalog()))
 
 
 def delete_scheduled_runs() -> None:

@@ -1,4 +1,6 @@
-"""Deployments served by `python -m scripts.serve`: runs in their own processes, as in production.
+"""The `poligraph` worker (`prefect worker start --pool poligraph --type poligraph`), as on a
+production machine: a member of its pool, runs forked from its fork server and started on
+Prefect's events, its reconciler a process of its own.
 
 Covers what only shows with real parallel runs: no overlap of one script across two flows,
 one run at a time per deployment (ENQUEUE), cancellation, and a retry from the API ("Retry" in
@@ -22,19 +24,20 @@ from deployments.specs import deployment_specs
 from deployments.syncjob import job_id_for_flow_run
 from support.paths import REPO
 from support.polling import run_async, wait_for
-from support.prefect_server import create_run, deployment_ready, start_serve, wait_final
+from support.prefect_server import WORKER_NAME, create_run, start_worker_ready, wait_final
 from support.processes import process_alive, stop_process_group
 from support.syncjob import insert_pending
 
 pytestmark = pytest.mark.integration
 
+# The worker's own poll is set far apart: a run that starts at once was started by the events.
+SLOW_POLL = {"PREFECT_WORKER_QUERY_SECONDS": "60"}
+
 
 @pytest.fixture(scope="module")
-def served(prefect_api, pg_url):
-    proc = start_serve({}, "serve-test-catalog.log")
+def worker(prefect_api, pg_url):
+    proc = start_worker_ready(SLOW_POLL, "worker-test-catalog.log")
     try:
-        for spec in deployment_specs(get_catalog()):
-            wait_for(deployment_ready(spec.full_name), timeout=60, what=spec.full_name)
         yield proc
     finally:
         stop_process_group(proc)
@@ -55,8 +58,8 @@ def assert_ran_one_after_the_other(stubs, script: str, deployments: list[str]) -
     assert overlapping(intervals) == []
 
 
-def stub_process(serve: subprocess.Popen[bytes], script: str) -> psutil.Process | None:
-    for process in psutil.Process(serve.pid).children(recursive=True):
+def stub_process(worker: subprocess.Popen[bytes], script: str) -> psutil.Process | None:
+    for process in psutil.Process(worker.pid).children(recursive=True):
         try:
             if "stub_script.py" in " ".join(process.cmdline()) and script in process.cmdline():
                 return process
@@ -65,27 +68,62 @@ def stub_process(serve: subprocess.Popen[bytes], script: str) -> psutil.Process 
     return None
 
 
-def test_each_run_is_a_fork_of_the_preloaded_fork_server(served, syncjobs, stubs):
+def test_each_run_is_a_fork_of_the_preloaded_fork_server(worker, syncjobs, stubs):
     stubs.configure("alpha", sleep=3)
     run = create_run("sync-script/alpha")
-    script = wait_for(lambda: stub_process(served, "alpha"), what="the run's script")
+    script = wait_for(lambda: stub_process(worker, "alpha"), what="the run's script")
     flow_run_process = script.parent()
     server = flow_run_process.parent()
     assert "multiprocessing.forkserver" in " ".join(server.cmdline())
     assert "flows.sync_script" in " ".join(server.cmdline())  # what it preloaded
-    assert server.parent().pid == served.pid
+    assert server.parent().pid == worker.pid
     assert wait_final(run).is_completed()
 
 
-def test_one_script_never_runs_twice_at_once_across_flows(served, syncjobs, stubs):
+def test_the_worker_is_a_member_of_its_pool_and_starts_runs_on_events(worker, syncjobs, stubs):
+    async def pool_and_workers():
+        async with get_client() as client:
+            return await client.read_work_pool("poligraph"), await client.read_workers_for_work_pool("poligraph")
+
+    pool, workers = run_async(pool_and_workers())
+    assert pool.type == "poligraph"  # the UI shows the pool and the worker with its type
+    (worker,) = [w for w in workers if w.name == WORKER_NAME]
+    assert worker.status.value == "ONLINE"
+    # Its own poll comes once a minute here: a run that starts within seconds was started by
+    # Prefect's event of its creation.
+    stubs.configure("alpha", sleep=0)
+    run = create_run("sync-script/alpha")
+    started = wait_for(lambda: stubs.events("alpha", "start"), timeout=10, what="the run's script")
+    assert started and wait_final(run).is_completed()
+
+
+def test_the_reconciler_is_a_process_of_its_own_kept_alive_by_the_worker(worker):
+    def reconciler() -> psutil.Process | None:
+        for child in psutil.Process(worker.pid).children():
+            try:
+                if "scripts.reconcile" in " ".join(child.cmdline()):
+                    return child
+            except psutil.Error:  # gone, or a zombie not reaped yet
+                continue
+        return None
+
+    first = wait_for(reconciler, timeout=30, what="the reconciler process")
+    first.kill()
+    again = wait_for(
+        lambda: (p := reconciler()) and p.pid != first.pid and p, timeout=30, what="a new reconciler"
+    )
+    assert again.is_running() and worker.poll() is None
+
+
+def test_one_script_never_runs_twice_at_once_across_flows(worker, syncjobs, stubs):
     assert_ran_one_after_the_other(stubs, "shared", ["sync-script/shared", "sync-group/with-shared"])
 
 
-def test_second_trigger_of_a_deployment_waits_instead_of_being_dropped(served, syncjobs, stubs):
+def test_second_trigger_of_a_deployment_waits_instead_of_being_dropped(worker, syncjobs, stubs):
     assert_ran_one_after_the_other(stubs, "gamma", ["sync-script/gamma", "sync-script/gamma"])
 
 
-def test_cancelling_a_run_kills_its_scripts_and_fails_the_row(served, syncjobs, stubs):
+def test_cancelling_a_run_kills_its_scripts_and_fails_the_row(worker, syncjobs, stubs):
     stubs.configure("long", sleep=120, grandchild=True)
     insert_pending(syncjobs, "ccancelled000000000000001", "long")
     run = create_run("sync-script/long", job_id="ccancelled000000000000001")
@@ -107,7 +145,7 @@ def test_cancelling_a_run_kills_its_scripts_and_fails_the_row(served, syncjobs, 
     assert row["error"].startswith("Annulé")
 
 
-def test_retry_from_the_api_skips_completed_steps(served, syncjobs, stubs):
+def test_retry_from_the_api_skips_completed_steps(worker, syncjobs, stubs):
     stubs.configure("beta", fail_times=2)  # both attempts of the first run fail
     run = create_run("sync-group/pair")
     assert wait_final(run).is_failed()
@@ -126,7 +164,7 @@ def test_retry_from_the_api_skips_completed_steps(served, syncjobs, stubs):
     assert row["error"] is None and row["result"]["flowRunId"] == str(run)
 
 
-def test_deployments_show_their_description_and_run_form(served, syncjobs, stubs):
+def test_deployments_show_their_description_and_run_form(worker, syncjobs, stubs):
     specs = {spec.full_name: spec for spec in deployment_specs(get_catalog())}
 
     async def read(name: str):
