@@ -2,7 +2,7 @@
 
     python -m bench.bare_flow        (PREFECT_API_URL, BENCH_STARTS and the runner settings set)
 
-Deployment `bare-step/bare`, served with the same runner settings as `scripts.serve`; and
+Deployment `bare-step/bare`, served by Prefect's `serve` polling every second; and
 `bare-task-step/bare`, the same subprocess inside one plain Prefect task (P4's reference: what a
 step run as a task costs before any of our work). Nothing but Prefect and the standard library is
 imported, in the serve process and in each flow run's.

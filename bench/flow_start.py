@@ -1,11 +1,11 @@
 """P2 (ack → run created), P3 (event → script started), P4 (a no-op step, Running → Completed)
-and P6 (idle RSS), on a served stack.
+and P6 (idle RSS), on the local stack.
 
     .venv/bin/python -m bench.flow_start [--runs 10]
 
-Starts a Prefect server with the local stack's settings, `python -m scripts.serve` (every catalog
+Starts a Prefect server with the local stack's settings, the local stack's worker (every catalog
 deployment; SyncJob on a durable PostgreSQL), the shim in key mode, and `bench.bare_flow` (a bare
-Prefect flow running the same no-op subprocess, served the same way). Runs alternate, one at a
+Prefect flow running the same no-op subprocess, served by Prefect's own `serve`). Runs alternate, one at a
 time, each after the previous ended:
 
 * ours: the admin's send (a PENDING SyncJob row, then `sync/sync-president` with its jobId) to
@@ -15,8 +15,8 @@ time, each after the previous ended:
 P2 is the time from the shim's 200 to the run's `created` stamp (ours) against the duration of
 the bare side's create call (one REST request); P3 the time from the shim's 200 (ours) or the
 create call (bare) to the step's process starting; P4 the flow run's Running → Completed (state
-timestamps). P6 samples the resident memory of the shim and of serve, idle, once the stack is up
-and again after the runs, next to a bare FastAPI app (`bench.bare_app`) and the bare flow's serve.
+timestamps). P6 samples the resident memory of the shim and of the worker, idle, once the stack is
+up and again after the runs, next to a bare FastAPI app (`bench.bare_app`) and the bare flow's serve.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from bench.harness import (
     KEY,
     REPO,
     WORK,
+    WORKER_NAME,
     Figure,
     Series,
     answers,
@@ -52,8 +53,10 @@ from bench.harness import (
     spawn,
     stop,
     wait_until,
+    worker_command,
+    worker_online,
 )
-from scripts.prefect_settings import runner_environment
+from scripts.prefect_settings import worker_environment
 
 SCRIPT = "sync-president"
 IDLE_SAMPLES = 5  # RSS samples per idle moment, a second apart
@@ -125,18 +128,23 @@ def finished(api_url: str, flow_run_id: str) -> dict[str, Any] | None:
 
 
 def idle_rss(
-    figures: dict[str, Figure], ours: dict[str, int], bare: dict[str, int], fork_server: Series
+    figures: dict[str, Figure], ours: dict[str, int], bare: dict[str, int], children: dict[str, Series]
 ) -> None:
-    """IDLE_SAMPLES samples of each process's RSS, interleaved, a second apart; and of serve's
-    fork server (a process of its own, whose pages each run shares)."""
+    """IDLE_SAMPLES samples of each process's RSS, interleaved, a second apart; and of the
+    worker's fork server (whose pages each run shares) and reconciler, processes of their own."""
     for _ in range(IDLE_SAMPLES):
         time.sleep(1)
         for name, figure in figures.items():
             figure.ours.add(rss_mb(ours[name]))
             figure.baseline.add(rss_mb(bare[name]))
-        for child in psutil.Process(ours["serve"]).children():
-            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
-                fork_server.add(rss_mb(child.pid))
+        for child in psutil.Process(ours["worker"]).children():
+            command = " ".join(child.cmdline())
+            for name, marker in (
+                ("fork server", "multiprocessing.forkserver"),
+                ("reconciler", "scripts.reconcile"),
+            ):
+                if marker in command:
+                    children[name].add(rss_mb(child.pid))
 
 
 def flow_start_figures(runs: int) -> list[Figure]:
@@ -157,9 +165,9 @@ def flow_start_figures(runs: int) -> list[Figure]:
             goal="≤ 100 MB",
             fmt="{:.0f}",
         ),
-        "serve": Figure(
+        "worker": Figure(
             key="P6",
-            title="idle RSS of serve (every deployment)",
+            title="idle RSS of the worker (every deployment)",
             unit="MB",
             baseline_name="bare flow's serve",
             goal="≤ 150 MB",
@@ -167,7 +175,7 @@ def flow_start_figures(runs: int) -> list[Figure]:
         ),
     }
     p6["shim"].passes = lambda f: max(f.ours.values) <= 100
-    p6["serve"].passes = lambda f: max(f.ours.values) <= 150
+    p6["worker"].passes = lambda f: max(f.ours.values) <= 150
     p3 = Figure(
         key="P3",
         title="event → script started",
@@ -186,19 +194,22 @@ def flow_start_figures(runs: int) -> list[Figure]:
     )
     p4.passes = lambda f: f.ratio <= 1.5 and f.ours.median - f.baseline.median <= 0.1
     parts: dict[str, Series] = {k: Series() for k in ("dispatch", "pickup", "process", "flow body")}
-    fork_server = Series()
+    worker_children = {"fork server": Series(), "reconciler": Series()}
     task_floor = Series()  # the bare flow with its subprocess in one Prefect task
     home = WORK / f"start-{uuid.uuid4().hex[:6]}"
     env = base_env(home)
     starts = Path(env["BENCH_STARTS"])
     with durable_postgres() as pg_url, prefect_server(home) as server:
-        env = runner_environment(env) | {
+        env = worker_environment(env) | {
             "PREFECT_API_URL": server.url,
             "DATABASE_URL": pg_url,
             "POLIGRAPH_EVENT_KEYS": KEY,
         }
-        serve = spawn([sys.executable, "-m", "scripts.serve"], env, home / "serve.log")
-        bare = spawn([sys.executable, "-m", "bench.bare_flow"], env, home / "bare.log", REPO)
+        since = time.time()
+        worker = spawn(worker_command(), env | {"POLIGRAPH_WORKER_DEPLOY": "true"}, home / "worker.log")
+        # Prefect's runner at its quickest poll (whole seconds only), as the stack's serve had it
+        bare_env = env | {"PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+        bare = spawn([sys.executable, "-m", "bench.bare_flow"], bare_env, home / "bare.log", REPO)
         bare_port = free_port()
         bare_app = spawn(
             [sys.executable, "-m", "bench.bare_app", str(bare_port)], env, home / "bare_app.log", REPO
@@ -211,15 +222,16 @@ def flow_start_figures(runs: int) -> list[Figure]:
                     )
                 ),
                 180,
-                "the served deployments",
+                "the deployments",
                 interval=0.5,
             )
+            wait_until(lambda: worker_online(server.url, WORKER_NAME, since), 120, "the worker", interval=0.5)
             wait_until(lambda: answers(f"http://127.0.0.1:{bare_port}/health"), 60, "the bare app")
             engine = sa.create_engine(pg_url)
             with shim(env) as (shim_url, shim_proc), httpx.Client(timeout=30) as client:
-                ours_pids = {"shim": shim_proc.pid, "serve": serve.pid}
-                bare_pids = {"shim": bare_app.pid, "serve": bare.pid}
-                idle_rss(p6, ours_pids, bare_pids, fork_server)
+                ours_pids = {"shim": shim_proc.pid, "worker": worker.pid}
+                bare_pids = {"shim": bare_app.pid, "worker": bare.pid}
+                idle_rss(p6, ours_pids, bare_pids, worker_children)
                 sides = ["ours", "bare", "task"]
                 for i in range(runs + 1):  # the first round warms up (imports cached, engines made)
                     for side in sides[i % 3 :] + sides[: i % 3]:
@@ -282,9 +294,9 @@ def flow_start_figures(runs: int) -> list[Figure]:
                             f"{'ack' if side == 'ours' else 'create'}; Running → Completed {step:.2f} s",
                             flush=True,
                         )
-                idle_rss(p6, ours_pids, bare_pids, fork_server)
+                idle_rss(p6, ours_pids, bare_pids, worker_children)
         finally:
-            stop(serve, 60)
+            stop(worker, 60)
             stop(bare, 60)
             stop(bare_app)
     p3.ratio_of = lambda f: f.ours.median / f.baseline.median
@@ -298,8 +310,11 @@ def flow_start_figures(runs: int) -> list[Figure]:
         f"{task_floor.summary()} s, {task_floor.median / p4.baseline.median:.1f}× bare"
     )
     p6["shim"].notes.append("sampled idle after start-up and again after the runs, 5 times each")
-    p6["serve"].notes.append(f"serve's fork server, a process of its own: {fork_server.summary('{:.0f}')} MB")
-    return [p2, p3, p4, p6["shim"], p6["serve"]]
+    p6["worker"].notes.append(
+        "processes of its own: "
+        + ", ".join(f"{name} {series.summary('{:.0f}')} MB" for name, series in worker_children.items())
+    )
+    return [p2, p3, p4, p6["shim"], p6["worker"]]
 
 
 def _stamp(value: str) -> float:

@@ -1,6 +1,6 @@
 """What the benchmarks start and how they report: processes in temporary directories (nothing is
 written into the repository), a durable PostgreSQL, a Prefect server with the local stack's
-settings, the shim, serve; interleaved rounds summarised as min / median / max.
+settings, the shim, the worker; interleaved rounds summarised as min / median / max.
 """
 
 from __future__ import annotations
@@ -264,6 +264,44 @@ def shim(env: dict[str, str], name: str = "shim") -> Iterator[tuple[str, subproc
         yield url, proc
     finally:
         stop(proc)
+
+
+WORKER_NAME = "bench"
+
+
+def worker_command(name: str = WORKER_NAME) -> list[str]:
+    """The local stack's (and a production machine's) worker of the poligraph pool."""
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        "poligraph",
+        "--type",
+        "poligraph",
+    ] + [
+        "--name",
+        name,
+        "--limit",
+        "4",
+    ]
+
+
+def worker_online(api_url: str, name: str, since: float) -> bool:
+    """The worker `name` sent its pool a heartbeat after `since` (time.time())."""
+    from datetime import datetime
+
+    reply = httpx.post(f"{api_url}/work_pools/poligraph/workers/filter", json={}, timeout=10)
+    if reply.status_code != 200:
+        return False
+    for worker in reply.json():
+        beat = worker.get("last_heartbeat_time")
+        if worker["name"] == name and beat:
+            if datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp() >= since:
+                return True
+    return False
 
 
 def run(coroutine: Any) -> Any:

@@ -29,8 +29,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.catalog import get_catalog
-from deployments.settings import get_settings
 from deployments.prefect_yaml import WORK_POOL
+from deployments.settings import get_settings
 from deployments.specs import deployment_specs
 from scripts.limits import DISK_LEASES
 from scripts.prefect_settings import (

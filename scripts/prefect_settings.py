@@ -72,8 +72,12 @@ def prefect_database_url(env: dict[str, str], wait_seconds: float = DATABASE_WAI
     )
 
 
-def ensure_database(admin_url: str, name: str, wait_seconds: float = DATABASE_WAIT_SECONDS) -> None:
-    wait_for_postgres(admin_url, wait_seconds)
+def ensure_database(
+    admin_url: str, name: str, wait_seconds: float = DATABASE_WAIT_SECONDS, source: str = "DATABASE_URL"
+) -> None:
+    """Create database `name` on the server of `admin_url` when missing (`source`: the setting
+    the URL came from, for the messages)."""
+    wait_for_postgres(admin_url, wait_seconds, source)
     try:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
@@ -81,10 +85,10 @@ def ensure_database(admin_url: str, name: str, wait_seconds: float = DATABASE_WA
                 conn.execute(f'CREATE DATABASE "{name}"'.encode())
     except psycopg.OperationalError as exc:  # libpq's message names host, port and role, never the password
         reason = str(exc).strip().splitlines()[-1]
-        raise DatabaseUnusable(f"PostgreSQL (DATABASE_URL) refused the connection: {reason}") from exc
+        raise DatabaseUnusable(f"PostgreSQL ({source}) refused the connection: {reason}") from exc
 
 
-def wait_for_postgres(url: str, wait_seconds: float) -> None:
+def wait_for_postgres(url: str, wait_seconds: float, source: str = "DATABASE_URL") -> None:
     """Return once the PostgreSQL at `url` accepts connections: a stack started with its database
     (or while it restarts) waits instead of failing. libpq's ping is what `pg_isready` asks: no
     answer, or "starting up / shutting down", is waited out; it says nothing of the password or
@@ -96,7 +100,7 @@ def wait_for_postgres(url: str, wait_seconds: float) -> None:
 
     def say(state: RetryCallState) -> None:
         left = max(0.0, wait_seconds - (state.seconds_since_start or 0.0))
-        log.warning("waiting for PostgreSQL at %s (DATABASE_URL) to answer: %.0f s left", where, left)
+        log.warning("waiting for PostgreSQL at %s (%s) to answer: %.0f s left", where, source, left)
 
     retrying = Retrying(
         retry=retry_if_result(lambda ping: ping in (pq.Ping.REJECT, pq.Ping.NO_RESPONSE)),
@@ -107,9 +111,9 @@ def wait_for_postgres(url: str, wait_seconds: float) -> None:
     )
     ping = retrying(pq.PGconn.ping, conninfo.encode())
     if ping == pq.Ping.NO_ATTEMPT:
-        raise DatabaseUnusable(f"DATABASE_URL is not a PostgreSQL address libpq can use ({where})")
+        raise DatabaseUnusable(f"{source} is not a PostgreSQL address libpq can use ({where})")
     if ping != pq.Ping.OK:
-        raise DatabaseUnusable(f"PostgreSQL at {where} (DATABASE_URL) did not answer in {wait_seconds:g} s")
+        raise DatabaseUnusable(f"PostgreSQL at {where} ({source}) did not answer in {wait_seconds:g} s")
 
 
 # The worker starts runs on Prefect's events (scripts/run_wakeups.py); its own poll is the

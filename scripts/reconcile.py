@@ -411,4 +411,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect.client.orchestration import PrefectClient, get_client
@@ -28,8 +30,8 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTag
 from prefect.exceptions import ObjectNotFound
 
 from deployments.catalog import Catalog, get_catalog
-from deployments.prefect_yaml import PREFECT_YAML, WORK_POOL
-from deployments.settings import PACKAGE_ROOT, get_settings
+from deployments.prefect_yaml import WORK_POOL, render
+from deployments.settings import get_settings
 from deployments.specs import BASE_TAG, deployment_specs
 from scripts import result_storage
 from scripts.limits import ensure_script_limits
@@ -122,6 +124,26 @@ async def prune(client: PrefectClient, catalog: Catalog) -> list[str]:
     return removed
 
 
+def deploy_prefect_yaml(catalog: Catalog) -> None:
+    """`prefect deploy --all` of prefect.yaml as the catalog in effect renders it (the file this
+    repository commits, for the default catalog), written where `prefect deploy` runs: an
+    installed package has no checkout to run it in, and needs none (no pull steps)."""
+    with tempfile.TemporaryDirectory(prefix="poligraph-deploy-") as directory:
+        path = Path(directory) / "prefect.yaml"
+        path.write_text(render(catalog), encoding="utf-8")
+        command = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "--no-prompt",
+            "deploy",
+            "--all",
+            "--prefect-file",
+            str(path),
+        ]
+        subprocess.run(command, cwd=directory, check=True)
+
+
 async def setup(deploy: bool) -> None:
     catalog = get_catalog()
     if storage := get_settings().result_storage:
@@ -136,20 +158,7 @@ async def setup(deploy: bool) -> None:
             print(f"step results go to {await result_storage.configure(client, storage)}")
     if not deploy:
         return
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "--no-prompt",
-            "deploy",
-            "--all",
-            "--prefect-file",
-            str(PREFECT_YAML),
-        ],
-        cwd=PACKAGE_ROOT,
-        check=True,
-    )
+    deploy_prefect_yaml(catalog)
     async with get_client() as client:
         print(f"{await apply_run_forms(client, catalog)} run forms applied")  # prefect deploy cannot
         for item in await prune(client, catalog):

@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-from pydantic import PrivateAttr
 from prefect.workers.process import (
     ProcessJobConfiguration,
-    ProcessVariables,
     ProcessWorker,
     ProcessWorkerResult,
 )
+from pydantic import PrivateAttr
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -78,7 +77,6 @@ class PoligraphJobConfiguration(ProcessJobConfiguration):
 class PoligraphWorker(ProcessWorker):
     type = WORKER_TYPE
     job_configuration = PoligraphJobConfiguration
-    job_configuration_variables = ProcessVariables
     _display_name = "Poligraph"
     _description = (
         "Prefect's process worker for poligraph-jobs: runs of its flows start as forks of a "

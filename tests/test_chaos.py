@@ -1,9 +1,9 @@
 """Chaos: a stream of events and scheduled runs while, at random moments (fixed seed), a shim, the
-serving process and the Prefect server are killed (-9) and the app's PostgreSQL is stopped; each
+worker and the Prefect server are killed (-9) and the app's PostgreSQL is stopped; each
 comes back shortly after (the processes run under scripts/supervisor.py, as with `make up`).
 
 Production's shape on one machine, small: a Prefect server on its own PostgreSQL (concurrency
-leases on disk, as production sets it), one serving process running the runs, two shims sharing
+leases on disk, as production sets it), one worker of the poligraph pool running the runs, two shims sharing
 one outbox in the app's PostgreSQL, which also holds SyncJob; stub scripts, one of which leaves a
 child behind; a group scheduled every 15 s. After a bounded quiet period: every acknowledged
 event has exactly one flow run, every SyncJob row ended (COMPLETED, or FAILED with a reason), no
@@ -39,6 +39,7 @@ from support.paths import REPO, STATE, TESTS
 from support.pg_cluster import PostgresCluster, apply_sql
 from support.polling import wait_for
 from support.ports import free_port
+from support.prefect_server import worker_command
 from support.processes import process_alive
 from support.stubs import Stubs
 from support.syncjob import insert_pending
@@ -47,7 +48,8 @@ pytestmark = pytest.mark.slow
 
 SEED = 20261129
 CATALOG = TESTS / "chaos_catalog.yaml"
-TARGETS = ["shim-a", "serve", "prefect", "app-db"]
+TARGETS = ["shim-a", "worker", "prefect", "app-db"]
+CHAOS_WORKER = "chaos"
 STREAM_SECONDS = 38.0
 KILL_WINDOW = 26.0  # every kill within this many seconds of the stream's start
 DB_DOWN = (6.0, 12.0)  # seconds the app's database stays stopped
@@ -141,9 +143,9 @@ class ChaosStack:
                 "prefect", [*server, "--port", str(self.prefect_port), "--no-ui"], server_env, cwd=REPO
             ),
             ChildSpec(
-                "serve",
-                [python, "-m", "scripts.serve"],
-                env,
+                "worker",
+                worker_command(CHAOS_WORKER),
+                {**env, "POLIGRAPH_WORKER_DEPLOY": "true"},
                 cwd=REPO,
                 ready_to_start=lambda: answers(f"{self.api}/health"),
             ),
@@ -161,12 +163,18 @@ class ChaosStack:
         self.supervision = Supervision(supervisor)
         self.supervision.start()
         names = [spec.full_name for spec in deployment_specs(self.catalog)]
-        probe = StackProbe(self.api, self.shim_url("shim-a"), names, poll_stale_seconds=30)
+        probe = StackProbe(
+            self.api,
+            self.shim_url("shim-a"),
+            names,
+            worker=("poligraph", CHAOS_WORKER),
+            heartbeat_stale_seconds=90,
+        )
 
         def ready() -> bool:
-            started = supervisor.started_wall("serve") if supervisor.running("serve") else None
-            serving = datetime.fromtimestamp(started, UTC) if started else None
-            return probe.check(serving).ready and answers(f"{self.shim_url('shim-b')}/health")
+            started = supervisor.started_wall("worker") if supervisor.running("worker") else None
+            since = datetime.fromtimestamp(started, UTC) if started else None
+            return probe.check(since).ready and answers(f"{self.shim_url('shim-b')}/health")
 
         wait_for(ready, timeout=180, interval=0.5, what="the chaos stack to be ready")
         self.timeline.note("stack ready")

@@ -285,20 +285,20 @@ def test_prefect_server_killed_the_shim_keeps_taking_events_and_they_run_when_it
     wait_completed(stack, job_ids)
 
 
-def test_shim_and_serve_killed_both_come_back(stack):
+def test_shim_and_worker_killed_both_come_back(stack):
     process = stack["process"]
     readies = process.ready_count()
-    shim, serve = process.child("shim"), process.child("serve")
+    shim, worker = process.child("shim"), process.child("worker")
     shim.kill()
-    serve.kill()
+    worker.kill()
     process.wait_ready(readies + 1)
-    assert process.child("shim").pid != shim.pid and process.child("serve").pid != serve.pid
+    assert process.child("shim").pid != shim.pid and process.child("worker").pid != worker.pid
     lines = process.stack_lines()
-    for name in ("shim", "serve"):
+    for name in ("shim", "worker"):
         assert any(f"{name} exited (signal SIGKILL)" in line for line in lines), lines
         assert any(f"{name} started again" in line for line in lines), lines
-    # "ready" means the new shim answers and the new serving process polls for every deployment;
-    # the next test's run goes through both.
+    # "ready" means the new shim answers and the new worker was heard in its pool; the next
+    # test's run goes through both.
 
 
 def processes_tagged(tag: str) -> list[psutil.Process]:

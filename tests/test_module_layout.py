@@ -35,7 +35,10 @@ def defined_after_main_block(source: str) -> list[str]:
 def test_the_check_sees_a_function_defined_after_the_main_block():
     late = 'def main():\n    helper()\n\nif __name__ == "__main__":\n    main()\n\ndef helper():\n    pass\n'
     assert defined_after_main_block(late) == ["helper"]
-    assert defined_after_main_block("def helper():\n    pass\n\nif __name__ == '__main__':\n    helper()\n") == []
+    assert (
+        defined_after_main_block("def helper():\n    pass\n\nif __name__ == '__main__':\n    helper()\n")
+        == []
+    )
 
 
 def test_no_module_defines_what_its_main_needs_after_the_main_block():

@@ -1,7 +1,7 @@
 """Operator guarantees: a cancel stops the work, no row stays RUNNING after its run died,
 failures of critical scripts are announced, missed cron slots run once at most.
 
-Runs go through a real `python -m scripts.serve` (with its reconciler thread).
+Runs go through a real worker (`prefect worker start --type poligraph`, its reconciler beside it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from deployments.syncjob import CANCEL_MESSAGE, job_id_for_flow_run
 from scripts.reconcile import Reconciler
 from support.paths import STATE, STUB_ROOT
 from support.polling import run_async, wait_for
-from support.prefect_server import create_run, start_serve_ready, wait_final
+from support.prefect_server import create_run, start_worker_ready, wait_final
 from support.processes import process_alive, stop_process_group
 from support.syncjob import insert_pending
 from support.webhook import Webhook
@@ -34,7 +34,7 @@ class Serving:
         self.proc = None
 
     def start(self) -> None:
-        self.proc = start_serve_ready({}, "serve-operator.log")
+        self.proc = start_worker_ready({}, "worker-operator.log")
 
     def stop(self) -> None:
         if self.proc is not None:

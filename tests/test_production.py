@@ -1,140 +1,198 @@
-"""Production mode, on one machine: Prefect server on PostgreSQL, the generated prefect.yaml
-deployed to a process work pool, two workers, two shim replicas sharing one outbox.
+"""Production, on one machine, with the README's own steps (scripts/production.py: the same
+strings, this test's hosts, ports, passwords and directories in the placeholders): the project
+installed into a fresh virtualenv, the Prefect database created, the server on PostgreSQL with
+leases on disk, `setup --deploy`, two workers with homes of their own (two machines), two shims
+in key mode sharing one outbox. Every process runs from that virtualenv, outside the checkout,
+with only the README's environment (and the stub scripts' command).
 
-Twenty-five events spread over scripts (some sharing a script through sync/press) must each run
-exactly once, never two runs of one script at once, on both workers, every SyncJob COMPLETED.
+Fifteen events spread over scripts (some sharing a script through sync/press) must each run
+exactly once, never two runs of one script at once, on both workers, every SyncJob COMPLETED;
+then a worker hangs (SIGSTOP) with a run going and the admin cancels it: the reconciler, a
+process of its own, stops the run itself.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import subprocess
-import sys
 import uuid
+from pathlib import Path
 
 import httpx
-import psycopg
+import psutil
 import pytest
+from sqlalchemy.engine import make_url
 
 from deployments.syncjob import flow_run_of
-from scripts.limits import DISK_LEASES
-from support.paths import REPO, STATE, STUB_ROOT
+from scripts.production import step
+from support.paths import REPO, STATE, STUB_ROOT, TESTS
 from support.polling import run_async, wait_for
 from support.ports import free_port
-from support.prefect_server import start_prefect_server
-from support.processes import stop_process_group
-from support.shim import start_shim_process
+from support.processes import process_alive, stop_process_group
+from support.shim import key_client, shim_healthy
 from support.syncjob import insert_pending
 
 pytestmark = pytest.mark.slow
 
-
 SCRIPTS = ["sync-assemblee", "sync-senat", "sync-press", "sync-press-analysis"]
-
-
-def production_env(api: str, pg_url: str, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "POLIGRAPH_CATALOG"}  # the real catalog
-    env.update(PREFECT_API_URL=api, DATABASE_URL=pg_url, **extra)
-    return env
-
-
-def spawn(args: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
-    log = (STATE / log_name).open("ab")
-    return subprocess.Popen(
-        args, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def start_worker(base: dict[str, str], name: str, **extra: str) -> subprocess.Popen[bytes]:
-    """`prefect worker start` on the poligraph pool, polling every second, its own local state."""
-    return spawn(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "poligraph", "--limit", "4"],
-        {
-            **base,
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_PREFETCH_SECONDS": "2",
-            "POLIGRAPH_HOME": str(STATE / name),
-            **extra,
-        },
-        f"{name}.log",
-    )
-
-
-def run_setup(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.setup", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-@pytest.fixture
-def prefect_on_postgres(pg_url):
-    database = f"prefect_{uuid.uuid4().hex[:8]}"
-    admin_url = pg_url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    server_db = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{database}"
-    port = free_port()
-    server = start_prefect_server(
-        port,
-        STATE / f"{database}-home",
-        f"{database}.log",
-        # as the production section says: slot leases survive a server restart
-        {
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": server_db,
-            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": DISK_LEASES,
-        },
-    )
-    yield f"http://127.0.0.1:{port}/api"
-    stop_process_group(server)
-
-
 # Three rounds of five events: each of sync-press's six runs waits for the one before (slot 1).
 ROUNDS = 3
+EVENT_KEY = "prod-test-key-0123456789abcdef"
+PROD = STATE / "production"
+OUTSIDE = PROD / "cwd"  # no process runs in the checkout: what they import is the installed package
+
+
+def base_env() -> dict[str, str]:
+    """What a service manager gives a process before its unit's own environment."""
+    return {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ}
+
+
+def stub_env(venv: Path) -> dict[str, str]:
+    """The one thing a real machine does not have: stub scripts instead of `npx tsx`."""
+    return {
+        "POLIGRAPH_SCRIPT_COMMAND": f"{venv}/bin/python {TESTS / 'stubs' / 'stub_script.py'} {{script}}",
+        "STUB_DIR": str(STUB_ROOT),
+    }
+
+
+def run_step(
+    name: str, values: dict[str, str], extra: dict[str, str] | None = None, timeout: float = 300
+) -> str:
+    """Each command of a one-shot step, as typed; its output (the step must succeed)."""
+    s = step(name)
+    out = []
+    for argv in s.argv(values):
+        done = subprocess.run(
+            argv,
+            env={**base_env(), **s.environment(values), **(extra or {})},
+            cwd=OUTSIDE,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, f"{argv}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        out.append(done.stdout)
+    return "".join(out)
+
+
+def start_step(
+    name: str, values: dict[str, str], log: str, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A long-running step's process, in its own session (as its unit would run it)."""
+    s = step(name)
+    (argv,) = s.argv(values)
+    return subprocess.Popen(
+        argv,
+        env={**base_env(), **s.environment(values), **(extra or {})},
+        cwd=OUTSIDE,
+        stdout=(PROD / log).open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def installed() -> Path:
+    """The README's install step, into a fresh virtualenv."""
+    OUTSIDE.mkdir(parents=True, exist_ok=True)
+    venv = PROD / "venv"
+    run_step("install", {"venv": str(venv), "checkout": str(REPO)}, timeout=600)
+    return venv
+
+
+@pytest.fixture(scope="module")
+def production(installed, pg_url):
+    """The Prefect database and server, then setup: the values every later step uses."""
+    admin = make_url(pg_url)
+    values = {
+        "venv": str(installed),
+        "checkout": str(REPO),
+        "prefect_database_url": admin.set(
+            drivername="postgresql+asyncpg", database=f"prefect_{uuid.uuid4().hex[:8]}"
+        ).render_as_string(hide_password=False),
+        "app_database_url": pg_url,
+        "prefect_home": str(PROD / "prefect-home"),
+        "prefect_host": "127.0.0.1",
+        "prefect_port": str(free_port()),
+        "app_dir": str(PROD / "app"),
+        "result_storage": str(PROD / "shared-results"),
+        "event_keys": EVENT_KEY,
+    }
+    (PROD / "app").mkdir(parents=True, exist_ok=True)
+    assert "ready" in run_step("prefect-database", values)
+    assert "ready" in run_step("prefect-database", values)  # safe to repeat
+    server = start_step("prefect-server", values, "prefect-server.log")
+    api = f"http://127.0.0.1:{values['prefect_port']}/api"
+    try:
+        wait_for(lambda: _answers(f"{api}/health"), timeout=120, interval=0.3, what="the Prefect server")
+        yield values | {"api": api}
+    finally:
+        stop_process_group(server, timeout=40)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_worker(values: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    home = PROD / name
+    worker_values = values | {"worker_name": name, "home": str(home), "health_port": str(free_port())}
+    return start_step("worker", worker_values, f"{name}.log", stub_env(Path(values["venv"])))
+
+
+def forkservers(worker: subprocess.Popen[bytes]) -> set[int]:
+    """The fork server(s) of a worker: the parent of each of its runs' processes."""
+    found = set()
+    for child in psutil.Process(worker.pid).children():
+        try:
+            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 # its own waits allow 400 s for the jobs alone; on a busy 2-core machine the whole takes ~5 min
-@pytest.mark.timeout(600)
-def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_url, syncjobs, stubs):
-    api = prefect_on_postgres
-    schema = f"shim_{uuid.uuid4().hex[:8]}"
-    base = production_env(api, pg_url, {"STUB_DIR": str(STUB_ROOT), "POLIGRAPH_SHIM_SCHEMA": schema})
+@pytest.mark.timeout(900)
+def test_the_readme_steps_run_every_event_once_on_two_workers(production, syncjobs, stubs):
+    values = production
+    api = values["api"]
     for script in SCRIPTS:
         stubs.configure(script, sleep=0.5)
 
-    setup = run_setup(base, "--deploy")
-    assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
-    assert (REPO / "prefect.yaml").read_text() == _generated_prefect_yaml()  # deploy left it as is
+    out = run_step("setup", values)
+    assert "work pool poligraph: created" in out and "run forms applied" in out
+    assert f"step results go to directory {values['result_storage']}" in out
     # prefect deploy sent the flow's schema; setup then gave the deployment its own run form
     deployed = httpx.get(f"{api}/deployments/name/sync-script/sync-scrutins-an", timeout=10).json()
     assert deployed["description"].startswith("Scrutins AN — Scrutins Assemblée nationale\n\n")
+    assert deployed["pull_steps"] == [] and deployed["entrypoint"] == "flows.sync_script:sync_script"
     flags = deployed["parameter_openapi_schema"]["properties"]["flags"]
     assert flags["description"].startswith("Replaces the default flags of sync-scrutins-an (--today).")
-    again = run_setup(base)
-    assert again.returncode == 0 and "work pool poligraph: exists" in again.stdout  # safe to repeat
+    assert "work pool poligraph: exists" in run_step("setup", values)  # safe to repeat
 
-    workers = [start_worker(base, f"worker-{i}") for i in (1, 2)]
+    workers = {name: start_worker(values, name) for name in ("worker-1", "worker-2")}
     shim_ports = [free_port(), free_port()]
-    shims = []
+    shims = [start_step("shim", values | {"shim_port": str(port)}, f"shim-{port}.log") for port in shim_ports]
     try:
-        shims += [start_shim_process(base, port, f"shim-{port}.log") for port in shim_ports]
+        for port in shim_ports:
+            wait_for(lambda p=port: shim_healthy(p), timeout=60, what=f"the shim on {port}")
+        wait_for(lambda: _online(api) >= {"worker-1", "worker-2"}, timeout=120, what="both workers online")
+        clients = [key_client(f"http://127.0.0.1:{port}", EVENT_KEY) for port in shim_ports]
         events = []
         for _ in range(ROUNDS):
             for script in SCRIPTS:
                 events.append(("sync/" + script, f"c{uuid.uuid4().hex[:24]}", script))
             events.append(("sync/press", f"c{uuid.uuid4().hex[:24]}", "press"))
+        import inngest
+
         for i, (name, job_id, row_script) in enumerate(events):
             insert_pending(syncjobs, job_id, row_script)
-            body = [{"name": name, "data": {"jobId": job_id}}]
-            sent = httpx.post(
-                f"http://127.0.0.1:{shim_ports[i % 2]}/e/NO_EVENT_KEY_SET", content=json.dumps(body)
-            )
-            assert sent.json()["status"] == 200
+            clients[i % 2].send_sync(inngest.Event(name=name, data={"jobId": job_id}))
 
         def all_done() -> bool:
             states = [syncjobs.get(job_id)["status"] for _, job_id, _ in events]
@@ -144,34 +202,70 @@ def test_two_workers_and_two_shims_run_every_event_once(prefect_on_postgres, pg_
             return all(s == "COMPLETED" for s in states)
 
         wait_for(all_done, timeout=400, interval=1, what="every job to complete")
+        servers = {pid: name for name, w in workers.items() for pid in forkservers(w)}
+        # exactly once: a run per script alone and per round, plus a press group running sync-press + analysis
+        expected = {
+            "sync-assemblee": ROUNDS,
+            "sync-senat": ROUNDS,
+            "sync-press": 2 * ROUNDS,
+            "sync-press-analysis": 2 * ROUNDS,
+        }
+        assert {s: stubs.starts(s) for s in SCRIPTS} == expected
+        assert len({flow_run_of(syncjobs.get(job_id)) for _, job_id, _ in events}) == len(events)
+        for script in SCRIPTS:  # never two runs of one script at once, across both workers
+            ordered = stubs.intervals(script)
+            assert all(b[0] >= a[1] for a, b in zip(ordered, ordered[1:], strict=False)), script
+        used = {servers.get(e["gppid"]) for e in stubs.events(event="start")}
+        assert used == {"worker-1", "worker-2"}, "both workers should have run flows, as forks"
+
+        a_hung_worker_s_run_is_stopped_by_its_reconciler(
+            values, workers, f"http://127.0.0.1:{shim_ports[0]}", syncjobs, stubs
+        )
     finally:
-        for proc in workers + shims:
+        for proc in [*workers.values(), *shims]:
+            os.killpg(proc.pid, signal.SIGCONT)
             stop_process_group(proc, timeout=40)
 
-    # exactly once: a run per script alone and per round, plus a press group running sync-press + analysis
-    expected = {
-        "sync-assemblee": ROUNDS,
-        "sync-senat": ROUNDS,
-        "sync-press": 2 * ROUNDS,
-        "sync-press-analysis": 2 * ROUNDS,
-    }
-    assert {s: stubs.starts(s) for s in SCRIPTS} == expected
-    flow_runs = {flow_run_of(syncjobs.get(job_id)) for _, job_id, _ in events}
-    assert len(flow_runs) == len(events)
-    for script in SCRIPTS:  # never two runs of one script at once, across both workers
-        ordered = stubs.intervals(script)
-        assert all(b[0] >= a[1] for a, b in zip(ordered, ordered[1:], strict=False)), script
-    worker_pids = {w.pid for w in workers}
-    used = {e["gppid"] for e in stubs.events(event="start")} & worker_pids
-    assert used == worker_pids, "both workers should have run flows"
+
+def _online(api: str) -> set[str]:
+    workers = httpx.post(f"{api}/work_pools/poligraph/workers/filter", json={}, timeout=10).json()
+    return {w["name"] for w in workers if w["status"] == "ONLINE"}
 
 
-def _generated_prefect_yaml() -> str:
-    from deployments.catalog import load_catalog
-    from deployments.prefect_yaml import render
-    from deployments.settings import DEFAULT_CATALOG
+def a_hung_worker_s_run_is_stopped_by_its_reconciler(values, workers, shim_url, syncjobs, stubs) -> None:
+    """The worker that runs a long script stops answering (SIGSTOP): nobody follows the admin's
+    cancel but the reconciler of that machine (a process of its own), which stops the run 15 s
+    later."""
+    import inngest
 
-    return render(load_catalog(DEFAULT_CATALOG))
+    stubs.configure("sync-senat", sleep=300, grandchild=True)
+    before = stubs.starts("sync-senat")
+    job_id = f"c{uuid.uuid4().hex[:24]}"
+    insert_pending(syncjobs, job_id, "sync-senat")
+    key_client(shim_url, EVENT_KEY).send_sync(inngest.Event(name="sync/sync-senat", data={"jobId": job_id}))
+    wait_for(lambda: stubs.starts("sync-senat") > before, timeout=60, what="the long script to start")
+    start = stubs.events("sync-senat", "start")[-1]
+    pids = [start["pid"], *stubs.pids("sync-senat")]
+    servers = {pid: name for name, w in workers.items() for pid in forkservers(w)}
+    name = servers[start["gppid"]]
+    hung = workers[name]
+    hung.send_signal(signal.SIGSTOP)  # the worker alone: its reconciler and its run go on
+    try:
+        assert syncjobs.cancel(job_id)  # the admin's cancel button
+        run_id = flow_run_of(syncjobs.get(job_id))
+        wait_for(
+            lambda: _state(values["api"], run_id) == "CANCELLED", timeout=90, interval=0.5, what="Cancelled"
+        )
+        wait_for(lambda: not [p for p in pids if process_alive(p)], timeout=30, what="its scripts killed")
+    finally:
+        hung.send_signal(signal.SIGCONT)
+    assert "still Cancelling: stopping its process" in (PROD / f"{name}.log").read_text()
+    row = syncjobs.get(job_id)
+    assert row["status"] == "FAILED" and row["error"].startswith("Annulé")  # nothing overwrote the cancel
+
+
+def _state(api: str, run_id: str) -> str:
+    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]["type"]
 
 
 def test_rollout_prunes_renamed_deployments_and_removed_schedules(prefect_api):
@@ -182,14 +276,11 @@ def test_rollout_prunes_renamed_deployments_and_removed_schedules(prefect_api):
     from prefect.client.schemas.schedules import CronSchedule
 
     from deployments.catalog import get_catalog
-    from deployments.specs import deployment_specs
     from flows.sync_script import sync_script
-    from scripts.serve import runner_deployment
-    from scripts.setup import prune
+    from scripts.setup import apply_deployments, prune
 
     catalog = get_catalog()
-    for spec in deployment_specs(catalog):
-        runner_deployment(spec).apply()
+    run_async(apply_deployments(catalog))
     sync_script.to_deployment(name="renamed-away", tags=["poligraph"], parameters={"script": "alpha"}).apply()
 
     async def scenario():
@@ -212,7 +303,7 @@ def test_rollout_prunes_renamed_deployments_and_removed_schedules(prefect_api):
     assert slugs == ["test-daily"] and "renamed-away" not in names
 
 
-def test_serve_and_setup_warn_when_the_server_keeps_leases_in_memory(prefect_api, caplog):
+def test_the_worker_and_setup_warn_when_the_server_keeps_leases_in_memory(prefect_api, caplog):
     from deployments.catalog import get_catalog
     from scripts.limits import MEMORY_LEASES, ensure_script_limits, server_lease_storage
     from support.polling import run_async
@@ -232,9 +323,7 @@ def test_serve_and_setup_warn_when_the_server_keeps_leases_in_memory(prefect_api
     )
 
 
-def test_a_retry_on_another_worker_skips_the_steps_done_on_the_first(
-    prefect_on_postgres, pg_url, syncjobs, stubs
-):
+def test_a_retry_on_another_worker_skips_the_steps_done_on_the_first(production, syncjobs, stubs):
     """Durable steps across machines: results in the shared storage setup configures."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -243,46 +332,21 @@ def test_a_retry_on_another_worker_skips_the_steps_done_on_the_first(
     from deployments.syncjob import job_id_for_flow_run
     from support.prefect_server import create_run, wait_final
 
-    shared = STATE / "shared-results"  # a mount every worker has at the same path
-    base = production_env(
-        prefect_on_postgres,
-        pg_url,
-        {"STUB_DIR": str(STUB_ROOT), "POLIGRAPH_RESULT_STORAGE": f"file://{shared}"},
-    )
-    setup = run_setup(base)
-    assert setup.returncode == 0, setup.stderr[-2000:]
-    assert f"step results go to directory {shared}" in setup.stdout
-    deploy = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "--no-prompt",
-            "deploy",
-            "--name",
-            "press",
-            "--prefect-file",
-            "prefect.yaml",
-        ],
-        env=base,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    values = production
+    shared = Path(values["result_storage"])  # a mount every worker has at the same path
+    assert f"step results go to directory {shared}" in run_step("setup", values)
     stubs.configure("sync-press-analysis", fail_times=3)  # every attempt of the first flow run fails
 
-    # two machines: each worker has its own Prefect home, hence its own local result storage
-    machine = {name: {"PREFECT_HOME": str(STATE / f"{name}-prefect")} for name in ("a", "b")}
-    with temporary_settings({PREFECT_API_URL: prefect_on_postgres}):
-        worker_a = start_worker(base, "worker-a", **machine["a"])
+    # two machines: each worker has its own home, hence its own local result storage
+    with temporary_settings({PREFECT_API_URL: values["api"]}):
+        worker_a = start_worker(values, "worker-a")
         try:
             run = create_run("sync-group/press")
             assert wait_final(run, timeout=180).is_failed()
+            servers_a = forkservers(worker_a)
         finally:
             stop_process_group(worker_a, timeout=40)
-        worker_b = start_worker(base, "worker-b", **machine["b"])
+        worker_b = start_worker(values, "worker-b")
         try:
 
             async def retry() -> None:  # what "Retry" in the UI does: the same flow run again
@@ -291,13 +355,14 @@ def test_a_retry_on_another_worker_skips_the_steps_done_on_the_first(
 
             run_async(retry())
             assert wait_final(run, timeout=180).is_completed()
+            servers_b = forkservers(worker_b)
         finally:
             stop_process_group(worker_b, timeout=40)
 
     assert stubs.starts("sync-press") == 1, "the retry ran the completed step again"
     (press,) = stubs.events("sync-press", "start")
     last_analysis = stubs.events("sync-press-analysis", "start")[-1]
-    assert press["gppid"] == worker_a.pid and last_analysis["gppid"] == worker_b.pid
+    assert press["gppid"] in servers_a and last_analysis["gppid"] in servers_b
     assert any(shared.iterdir()), "no result in the shared storage"
     row = syncjobs.get(job_id_for_flow_run(str(run)))
     assert row["status"] == "COMPLETED" and row["error"] is None

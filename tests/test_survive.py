@@ -27,7 +27,7 @@ from support.prefect_server import (
     PrefectServer,
     create_run,
     flow_run_state,
-    start_serve_ready,
+    start_worker_ready,
     wait_final,
 )
 from support.processes import process_alive, stop_process_group
@@ -76,7 +76,7 @@ def webhook():
 
 @pytest.fixture(scope="module")
 def served(app_db, prefect_server, webhook):
-    proc = start_serve_ready(
+    proc = start_worker_ready(
         {
             "DATABASE_URL": app_db.url,
             "PREFECT_API_URL": prefect_server.api_url,
@@ -84,7 +84,7 @@ def served(app_db, prefect_server, webhook):
             "POLIGRAPH_ALERT_WEBHOOK_URL": webhook.url,
             "POLIGRAPH_ALERT_RETRY_DELAYS": "1,1,1",
         },
-        "serve-survive.log",
+        "worker-survive.log",
         timeout=90,
     )
     try:

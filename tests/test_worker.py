@@ -83,7 +83,9 @@ def test_each_run_is_a_fork_of_the_preloaded_fork_server(worker, syncjobs, stubs
 def test_the_worker_is_a_member_of_its_pool_and_starts_runs_on_events(worker, syncjobs, stubs):
     async def pool_and_workers():
         async with get_client() as client:
-            return await client.read_work_pool("poligraph"), await client.read_workers_for_work_pool("poligraph")
+            return await client.read_work_pool("poligraph"), await client.read_workers_for_work_pool(
+                "poligraph"
+            )
 
     pool, workers = run_async(pool_and_workers())
     assert pool.type == "poligraph"  # the UI shows the pool and the worker with its type

@@ -16,7 +16,7 @@ READY_LINE = re.compile(r"^\d\d:\d\d:\d\d stack\s+\| ready: ")
 # What each supervised child runs, to find it among the stack's children.
 CHILD_COMMANDS = {
     "prefect": ["-m", "prefect", "server", "start"],
-    "serve": ["-m", "scripts.serve"],
+    "worker": ["-m", "prefect", "worker", "start"],
     "shim": ["-m", "shim"],
 }
 

@@ -92,7 +92,17 @@ WORKER_NAME = "test-worker"
 
 def worker_command(name: str = WORKER_NAME, limit: int = 4) -> list[str]:
     """What a production machine runs: a worker of the poligraph pool."""
-    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", "poligraph", "--type", "poligraph"] + [
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        "poligraph",
+        "--type",
+        "poligraph",
+    ] + [
         "--name",
         name,
         "--limit",
@@ -100,7 +110,9 @@ def worker_command(name: str = WORKER_NAME, limit: int = 4) -> list[str]:
     ]
 
 
-def start_worker(extra_env: dict[str, str], log_name: str, name: str = WORKER_NAME) -> subprocess.Popen[bytes]:
+def start_worker(
+    extra_env: dict[str, str], log_name: str, name: str = WORKER_NAME
+) -> subprocess.Popen[bytes]:
     """The worker (creating the catalog's deployments as it starts, as the local stack's does;
     its reconciler beside it) in its own session."""
     env = {**os.environ, "POLIGRAPH_WORKER_DEPLOY": "true", **extra_env}
@@ -128,7 +140,9 @@ def start_worker_ready(
     try:
         for spec in deployment_specs(get_catalog()):
             wait_for(deployment_ready(spec.full_name), timeout=timeout, what=spec.full_name)
-        wait_for(lambda: worker_heard_since(name, started), timeout=timeout, what=f"worker {name}'s heartbeat")
+        wait_for(
+            lambda: worker_heard_since(name, started), timeout=timeout, what=f"worker {name}'s heartbeat"
+        )
     except BaseException:
         stop_process_group(proc)
         raise
@@ -144,7 +158,9 @@ def worker_heard_since(name: str, since: datetime) -> bool:
                 workers = await client.read_workers_for_work_pool("poligraph")
             except Exception:
                 return False
-        return any(w.name == name and w.last_heartbeat_time and w.last_heartbeat_time >= since for w in workers)
+        return any(
+            w.name == name and w.last_heartbeat_time and w.last_heartbeat_time >= since for w in workers
+        )
 
     return run_async(check())
 
