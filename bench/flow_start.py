@@ -60,6 +60,7 @@ from scripts.prefect_settings import worker_environment
 
 SCRIPT = "sync-president"
 IDLE_SAMPLES = 5  # RSS samples per idle moment, a second apart
+CHILD_MARKERS = {"fork server": "multiprocessing.forkserver", "reconciler": "scripts.reconcile"}
 
 
 async def deployment_ids(api_url: str, names: list[str]) -> dict[str, str] | None:

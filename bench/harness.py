@@ -298,9 +298,8 @@ def worker_online(api_url: str, name: str, since: float) -> bool:
         return False
     for worker in reply.json():
         beat = worker.get("last_heartbeat_time")
-        if worker["name"] == name and beat:
-            if datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp() >= since:
-                return True
+        if worker["name"] == name and beat and datetime.fromisoformat(beat).timestamp() >= since:
+            return True
     return False
 
 

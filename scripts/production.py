@@ -168,6 +168,7 @@ def unit_text(s: Step) -> str:
     (command,) = s.commands
     values = PLACEHOLDERS | UNIT_VALUES
     env = s.environment(values)
+    state = values["prefect_home"] if s.name == "prefect-server" else values["home"]
     plain = [f"Environment={name}={value}" for name, value in env.items() if name not in s.secrets]
     secret = [f"#   {name}={env[name]}" for name in s.secrets]
     return "\n".join(
@@ -182,7 +183,8 @@ def unit_text(s: Step) -> str:
             "",
             "[Service]",
             "User=poligraph",
-            f"WorkingDirectory={PLACEHOLDERS['home'] if s.name != 'prefect-server' else PLACEHOLDERS['prefect_home']}",
+            f"StateDirectory={Path(state).name}",  # created for User, kept across restarts
+            f"WorkingDirectory={state}",
             *plain,
             f"EnvironmentFile=/etc/poligraph-jobs/{s.unit}.env",
             f"ExecStart={command.format(**values)}",

@@ -58,9 +58,15 @@ def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
 def migrate(engine: Engine, schema: str) -> None:
     """Create the schema (PostgreSQL) and bring the tables to the latest migration.
 
-    Alembic (~12 MB, for the life of the process) is only loaded when there is something to do."""
+    Alembic (~12 MB, for the life of the process) is only loaded when there is something to do.
+    Replicas starting together take turns (a transaction-scoped advisory lock): PostgreSQL's
+    `CREATE SCHEMA IF NOT EXISTS` is not safe against a concurrent one (the second fails with a
+    unique violation), and two upgrades at once would race on the tables."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": f"migrate {schema}"}
+            )
             conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         if _revision(conn) == HEAD_REVISION:
             return

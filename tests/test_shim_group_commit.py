@@ -209,3 +209,35 @@ def test_a_database_that_stops_answering_gets_a_503_after_the_deadline_not_a_han
         assert sorted(live) == sorted([first.json()["ids"][0], sent_again.json()["ids"][0]])
     finally:
         cluster.remove()
+
+
+@pytest.mark.integration
+def test_replicas_starting_together_on_a_fresh_database_all_start(pg_url):
+    """Two shims started at once (a boot, a deploy) create the schema and its tables in turn:
+    `CREATE SCHEMA IF NOT EXISTS` alone is not safe against a concurrent one."""
+    import threading
+    import uuid
+
+    from shim.outbox import _engine, migrate
+
+    schema = f"shim_{uuid.uuid4().hex[:10]}"
+    replicas = 6
+    barrier = threading.Barrier(replicas)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            migrate(_engine(pg_url, schema), schema)
+        except BaseException as exc:  # what made a replica exit at start
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    with _engine(pg_url, schema).connect() as conn:
+        tables = set(sa.inspect(conn).get_table_names(schema=schema))
+    assert {"inngest_event", "inngest_dedupe", "alembic_version"} <= tables
