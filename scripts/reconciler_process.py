@@ -3,8 +3,9 @@
 A process of its own rather than a thread of the worker: a reconciler pass that blocks on a
 database or a Prefect server that does not answer cannot hold the worker's event loop or its
 GIL-bound threads, a crash of either does not take the other down, and it stops a run that a
-hung worker no longer cancels (the worker itself being what hangs). It restarts with backoff
-when it dies and gets SIGTERM when the worker dies (see scripts/supervisor.py).
+hung worker no longer cancels (the worker itself being what hangs). It writes to the worker's own
+stdout and stderr, restarts with backoff when it dies and gets SIGTERM when the worker dies (see
+scripts/supervisor.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ TICK_SECONDS = 0.5
 
 class ReconcilerProcess:
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        spec = ChildSpec("reconcile", [sys.executable, "-m", "scripts.reconcile"], dict(env or os.environ))
+        argv = [sys.executable, "-m", "scripts.reconcile"]
+        # its lines go straight where the worker's go: a pipe to a hung worker would fill and
+        # stop the reconciler too
+        spec = ChildSpec("reconcile", argv, dict(env or os.environ), inherit_output=True)
         self._supervisor = Supervisor([spec], backoff=Backoff(max_seconds=30.0), own_name="worker")
         self._stop = threading.Event()
         # The ticking thread starts the child: it lives as long as the child must (the child

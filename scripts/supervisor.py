@@ -48,6 +48,9 @@ class ChildSpec:
     # A precondition checked before each start (the serving process needs the Prefect server).
     ready_to_start: Callable[[], bool] = lambda: True
     waiting_for: str = ""  # what ready_to_start waits for, said once while it is false
+    # Write straight to the supervisor's own stdout and stderr instead of through it, prefixed:
+    # for a child that must keep going (and logging) while the supervisor itself is stuck.
+    inherit_output: bool = False
 
 
 @dataclass
@@ -160,13 +163,14 @@ class Supervisor:
                 child.said_waiting = True
             return
         child.said_waiting = False
+        piped = not child.spec.inherit_output
         child.proc = subprocess.Popen(
             child.spec.argv,
             env=child.spec.env,
             cwd=child.spec.cwd,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE if piped else None,
+            stderr=subprocess.STDOUT if piped else None,
             start_new_session=True,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl call between fork and exec
         )
@@ -174,6 +178,8 @@ class Supervisor:
         child.starts += 1
         again = " again" if child.starts > 1 else ""
         self.say(f"{child.spec.name} started{again} (pid {child.proc.pid})")
+        if not piped:
+            return
         child.pump = threading.Thread(
             target=self._pump,
             args=(child.spec.name, child.proc),

@@ -51,6 +51,19 @@ def test_a_child_that_dies_is_restarted_with_its_exit_code_logged():
     assert "worker | hello" in text  # the child's own output, prefixed
 
 
+def test_a_child_may_write_straight_to_the_supervisor_s_own_output(capfd):
+    """The worker's reconciler: its lines must not depend on the worker reading a pipe."""
+    out = io.StringIO()
+    spec = ChildSpec("direct", [PY, "-c", "print('straight', flush=True)"], {}, inherit_output=True)
+    supervisor = Supervisor([spec], backoff=Backoff(first_seconds=30), output=out)
+    try:
+        run_until(supervisor, lambda: "direct exited (code 0)" in out.getvalue())
+    finally:
+        supervisor.stop()
+    assert "straight" in capfd.readouterr().out  # the process's own stdout, not a pipe
+    assert "straight" not in out.getvalue()
+
+
 def test_a_child_waits_for_its_precondition():
     out, gate = io.StringIO(), {"open": False}
     spec = ChildSpec("late", SLEEPER, {}, ready_to_start=lambda: gate["open"], waiting_for="the gate")
