@@ -31,34 +31,47 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("DATABASE_URL", "POLIGRAPH_DATABASE_URL"),
-        description="The app's PostgreSQL (Prisma URL accepted). Unset: a local SQLite file.",
+        description=(
+            "The app's PostgreSQL, where SyncJob lives (a Prisma URL works: `?schema=` is dropped). "
+            "Unset: `$POLIGRAPH_HOME/syncjob.sqlite`."
+        ),
     )
     home: Path = Field(
         default=Path.home() / ".poligraph-jobs",
-        description="Local state: the embedded SQLite SyncJob table and the local Prefect home.",
+        description=(
+            "Local state: run files, the alert spool, the embedded SQLite SyncJob table, and the local "
+            "stack's PREFECT_HOME."
+        ),
     )
     app_dir: Path | None = Field(
-        default=None, description="A Poligraph checkout; its scripts run there with npx tsx."
+        default=None,
+        description="A Poligraph checkout; its scripts run there with npx tsx. Unset: the demo scripts.",
     )
     script_command: str | None = Field(
         default=None,
-        description="Command template; `{script}` and `{python}` are substituted per argument.",
+        description=(
+            "Command template, split into argv (never a shell); `{script}` and `{python}` are "
+            "substituted per argument. Unset: `npx tsx scripts/{script}.ts` with POLIGRAPH_APP_DIR, "
+            "else the demo script."
+        ),
     )
     catalog: Path = Field(default=DEFAULT_CATALOG, description="The catalog file.")
     kill_grace_seconds: float = Field(
-        default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL on timeout."
+        default=10.0, ge=0, description="Seconds between SIGTERM and SIGKILL on timeout or cancel."
     )
     retry_delays: Annotated[list[float], NoDecode] = Field(
         default=[30.0, 120.0],
         description="Backoff between a step's attempts, seconds (comma separated).",
     )
-    retry_jitter_factor: float = Field(default=0.2, ge=0)
+    retry_jitter_factor: float = Field(
+        default=0.2, ge=0, description="Random jitter on those delays, as a fraction of each (Prefect's)."
+    )
     progress_interval_seconds: float = Field(
         default=1.0, ge=0, description="Least time between two SyncJob progress writes."
     )
     tail_lines: int = Field(default=30, ge=1, description="Output lines kept for error messages.")
     alert_webhook_url: SecretStr | None = Field(
-        default=None, description="Where failures of critical scripts are POSTed (JSON)."
+        default=None, description="Where failures of critical scripts are POSTed (JSON). Unset: no alert."
     )
     alert_retry_delays: Annotated[list[float], NoDecode] = Field(
         default=[1.0, 5.0, 30.0], description="Seconds between webhook attempts."
@@ -66,6 +79,7 @@ class Settings(BaseSettings):
     admin_base_url: str = Field(
         default="https://poligraph.fr",
         validation_alias=AliasChoices("NEXT_PUBLIC_BASE_URL", "POLIGRAPH_ADMIN_BASE_URL"),
+        description="Base of the admin link (`<base>/admin/syncs`) in failure alerts.",
     )
     reconcile_interval_seconds: float = Field(
         default=2.0, gt=0, description="Reconciler period: cancels, dead runs, ended runs."
@@ -99,7 +113,7 @@ class Settings(BaseSettings):
             "Where durable steps keep their results when several workers share runs: a directory "
             "every worker mounts at the same path (/mnt/x or file:///mnt/x) or an existing storage "
             "block (block:<type slug>/<name>, e.g. block:s3-bucket/results). `scripts.setup` makes it "
-            "the Prefect server's default result storage."
+            "the Prefect server's default result storage. Unset: each machine's own disk."
         ),
     )
     syncjob_retry_seconds: float = Field(

@@ -64,7 +64,8 @@ class StackSettings(BaseSettings):
     database_wait_seconds: float = Field(
         default=DATABASE_WAIT_SECONDS,
         ge=0,
-        description="At start, how long to wait for a PostgreSQL DATABASE_URL to answer.",
+        description="At start, how long to wait for a PostgreSQL DATABASE_URL to answer "
+        "(`scripts.prefect_database` reads it too).",
     )
     worker_limit: int = Field(default=4, ge=1, description="Runs the worker executes at once.")
     worker_stall_seconds: float = Field(

@@ -22,7 +22,7 @@ class ShimSettings(BaseSettings):
     event_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default=[],
         validation_alias=AliasChoices("POLIGRAPH_EVENT_KEYS", "POLIGRAPH_SHIM_EVENT_KEYS"),
-        description="Accepted event keys, comma separated. None: dev mode.",
+        description="Accepted event keys, comma separated. Unset: dev mode (any key).",
     )
     dev: bool | None = Field(
         default=None, description="Accept any key. Default: on when no key is configured."
@@ -38,8 +38,11 @@ class ShimSettings(BaseSettings):
         default="poligraph_jobs",
         pattern=r"^[a-z_][a-z0-9_]*$",
         validation_alias=AliasChoices("POLIGRAPH_SHIM_SCHEMA", "schema_name"),
+        description="The PostgreSQL schema of the shim's tables (never `public`, which Prisma owns).",
     )
-    dedupe_hours: float = Field(default=24, gt=0)
+    dedupe_hours: float = Field(
+        default=24, gt=0, description="Hours in which a repeated event id is recorded but starts no run."
+    )
     # Where the dispatcher creates runs (the shim speaks Prefect's REST API itself: shim/prefect_api.py).
     prefect_api_url: str = Field(
         default="http://127.0.0.1:4200/api",
@@ -49,15 +52,19 @@ class ShimSettings(BaseSettings):
     prefect_api_auth_string: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("PREFECT_API_AUTH_STRING", "prefect_api_auth_string"),
-        description="user:password for a server with PREFECT_SERVER_API_AUTH_STRING (secret).",
+        description="user:password for a server with PREFECT_SERVER_API_AUTH_STRING.",
     )
     prefect_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("PREFECT_API_KEY", "prefect_api_key"),
-        description="Bearer key, for a server behind one (secret).",
+        description="Bearer key, for a server behind one.",
     )
     poll_seconds: float = Field(default=1.0, gt=0, description="Dispatcher idle poll interval.")
-    max_backoff_seconds: float = Field(default=60.0, gt=0)
+    max_backoff_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest wait between two attempts: a postponed event, Prefect busy or down.",
+    )
     probe_seconds: float = Field(
         default=2.0, gt=0, description="Longest wait between two health probes while Prefect is down."
     )
