@@ -59,6 +59,7 @@ PRELOAD = [
     "fastapi",
     "graphviz",
     "opentelemetry.trace",
+    "scripts.forkserver_freeze",  # last: what is loaded by now is frozen (gc.freeze)
 ]
 
 

@@ -91,6 +91,10 @@ class PoligraphWorker(ProcessWorker):
         self._wakeups: RunWakeups | None = None
         self._reconciler: ReconcilerProcess | None = None
         self._poll_lock = anyio.Lock()
+        self._in_flight = 0  # runs started by run() and not ended
+        self._idle = anyio.Event()
+        self._stopping = False
+        self._stop_task: Any = None
 
     # --- life ------------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -105,6 +109,7 @@ class PoligraphWorker(ProcessWorker):
         from scripts.run_wakeups import RunWakeups
 
         settings = get_settings()
+        self._take_the_stop_signals()
         small_ca_bundle_over_http(os.environ, settings.home)  # for the runs: read when each starts
         forkserver.install()
         if settings.worker_deploy:
@@ -122,9 +127,47 @@ class PoligraphWorker(ProcessWorker):
         group.start_soon(self._wakeups.poll_loop)
         group.start_soon(self._wakeups.follow_events, self._pool_id)
 
+    def _take_the_stop_signals(self) -> None:
+        """SIGTERM or SIGINT: take no new run, let the running ones end, then exit; a second one:
+        exit now (runs and their scripts are then the reconciler's, at the next start).
+
+        Prefect's own handling (`prefect worker start` turns SIGTERM into SIGINT) leaves 3.9.1's
+        worker running for ever once it has no run, so that `systemctl stop` would wait its whole
+        TimeoutStopSec; the stop is done here instead."""
+        import asyncio
+        import os
+        import signal
+
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+        assert main_task is not None
+
+        def requested(signum: int) -> None:
+            if self._stopping:
+                self._logger.warning("second %s: stopping now", signal.Signals(signum).name)
+                os.kill(os.getpid(), signal.SIGKILL)
+            self._stopping = True
+            self._stop_task = loop.create_task(self._stop_when_idle(main_task))
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, requested, signum)
+
+    async def _stop_when_idle(self, main_task: Any) -> None:
+        if self._in_flight:
+            self._logger.info("stopping: no new runs; waiting for %d run(s) to end", self._in_flight)
+            await self._idle.wait()
+        self._logger.info("stopping")
+        main_task.cancel()
+
     async def teardown(self, *exc_info: Any) -> None:
         try:
-            await self._services.aclose()
+            await self._services.aclose()  # no more wake-ups
+            if self._in_flight:  # stopped otherwise than by a signal: let the runs end all the same
+                await self._idle.wait()
+            # Prefect 3.9.1's worker channel (heartbeats over a websocket) runs in the runs' task
+            # group and does not end when asked to stop: with the runs over, the group goes.
+            if self._runs_task_group is not None:
+                self._runs_task_group.cancel_scope.cancel()
         finally:
             try:
                 await super().teardown(*exc_info)
@@ -142,6 +185,8 @@ class PoligraphWorker(ProcessWorker):
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
         # The events and the periodic loop both ask: one query at a time (two at once would both
         # see a run and the second would log a duplicate submission).
+        if self._stopping:
+            return []
         async with self._poll_lock:
             return await super().get_and_submit_flow_runs()
 
@@ -151,6 +196,22 @@ class PoligraphWorker(ProcessWorker):
         flow_run: FlowRun,
         configuration: ProcessJobConfiguration,
         task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> ProcessWorkerResult:
+        self._in_flight += 1
+        if self._in_flight == 1:
+            self._idle = anyio.Event()
+        try:
+            return await self._run(flow_run, configuration, task_status)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _run(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None,
     ) -> ProcessWorkerResult:
         flow = _our_flow(getattr(configuration, "_entrypoint", None))
         if flow is None or configuration._command_configured or self._executions is None:

@@ -210,3 +210,29 @@ def test_deployments_show_their_description_and_run_form(worker, syncjobs, stubs
     # ...but not another script than the deployment's own.
     with pytest.raises(PrefectHTTPStatusError, match="409"):
         create_run("sync-script/today-only", script="alpha")
+
+
+def test_a_stopped_worker_takes_no_new_run_lets_its_runs_end_then_exits(worker, syncjobs, stubs):
+    """Last in this module: it stops the worker. SIGTERM to the worker alone (systemd's
+    KillMode=mixed): the run it holds completes, one created meanwhile waits for another worker,
+    and the worker exits once its run is over, its fork server and reconciler with it."""
+    import os
+    import signal
+
+    stubs.configure("alpha", sleep=4)
+    run = create_run("sync-script/alpha")
+    wait_for(lambda: stubs.events("alpha", "start"), timeout=30, what="the run's script")
+    family = [p for p in psutil.Process(worker.pid).children(recursive=True) if process_alive(p.pid)]
+    names = {p.pid: p.name() for p in family}
+    os.kill(worker.pid, signal.SIGTERM)
+    later = create_run("sync-script/beta")
+    assert wait_final(run, timeout=60).is_completed()
+    assert worker.wait(timeout=30) == 0
+    # the fork server and the reconciler go with it, at once (not after a long final collection)
+    wait_for(lambda: not [p for p in family if process_alive(p.pid)], timeout=5, what=f"the end of {names}")
+
+    async def state_of_later():
+        async with get_client() as client:
+            return (await client.read_flow_run(later)).state
+
+    assert run_async(state_of_later()).is_scheduled()  # not taken by a stopping worker
