@@ -352,8 +352,9 @@ def production_figures(runs: int, idle: list[int], idle_seconds: float) -> list[
         for name in ("worker-1", "worker-2"):
             stack.start_worker(name)
         wait_until(lambda: stack.online(["worker-1", "worker-2"]), 180, "the production workers", interval=1)
-        with production_shims(stack) as shims:
-            figures.append(p3_figure(runs, pg_url, stack, shims))
+        if runs:
+            with production_shims(stack) as shims:
+                figures.append(p3_figure(runs, pg_url, stack, shims))
         if idle:
             figures += idle_figures(stack, idle, idle_seconds)
     return figures

@@ -1,9 +1,11 @@
-"""How long from creating a flow run to the run being Running, on a served stack.
+"""How long from creating a flow run to the run being Running, on a running stack (a quick check
+by hand; `make bench` measures P3 properly).
 
     make up                                   # in one terminal
     .venv/bin/python bench/run_start_latency.py --runs 5 --deployment sync-script/sync-president
 
-Target: about 2 s (the local stack polls every second). Prints one line per run and the median.
+The worker starts a run on the event of its creation: well under a second on the local stack.
+Prints one line per run and the median.
 Runs are created one after another, each after the previous one finished, so the deployment's
 one-at-a-time limit does not add waiting time.
 """

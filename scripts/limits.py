@@ -1,7 +1,7 @@
 """Create the per-script global concurrency limits (limit 1) before any run needs them.
 
 Steps take them with strict=True, so a missing limit fails the step instead of running it
-unprotected. `serve` and `setup` call this; alone:
+unprotected. `setup` and a worker that deploys (POLIGRAPH_WORKER_DEPLOY) call this; alone:
 
     python -m scripts.limits
 
@@ -35,9 +35,13 @@ async def ensure_script_limits(catalog: Catalog) -> list[str]:
     async with get_client() as client:
         for name in names:
             await client.upsert_global_concurrency_limit_by_name(name, limit=1)
-        if await server_lease_storage(client) == MEMORY_LEASES:
-            log.warning(LEASE_WARNING)
+        await warn_if_leases_in_memory(client)
     return names
+
+
+async def warn_if_leases_in_memory(client: PrefectClient) -> None:
+    if await server_lease_storage(client) == MEMORY_LEASES:
+        log.warning(LEASE_WARNING)
 
 
 async def server_lease_storage(client: PrefectClient) -> str | None:

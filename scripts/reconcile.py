@@ -1,7 +1,7 @@
 """Keep SyncJob rows and flow runs in agreement, whatever happened to the processes.
 
-Passes, run by a thread of the serving process (`scripts.serve`) or alone, next to each worker
-(`python -m scripts.reconcile`):
+Passes, run as `python -m scripts.reconcile`, a child process of each machine's worker (which
+keeps it alive: scripts/reconciler_process.py):
 
 * cancel: a row the admin (or `poligraph-jobs cancel`) flipped to FAILED with the cancel message
   while its flow run still runs → the flow run is cancelled in Prefect, which stops the process

@@ -113,7 +113,9 @@ class PoligraphWorker(ProcessWorker):
         small_ca_bundle_over_http(os.environ, settings.home)  # for the runs: read when each starts
         forkserver.install()
         if settings.worker_deploy:
-            await _deploy_catalog(self._work_pool_name)
+            await _deploy_catalog(self._work_pool_name)  # it says if the server keeps leases in memory
+        else:
+            await _warn_about_the_server()
         self._reconciler = ReconcilerProcess()
         self._reconciler.start()
         # One set of run services for the worker's life (client, process map, cancellations, the
@@ -262,6 +264,20 @@ def _our_flow(entrypoint: str | None) -> Flow[..., Any] | None:
         return None
     found = getattr(importlib.import_module(module), name, None)
     return found if isinstance(found, Flow) else None
+
+
+async def _warn_about_the_server() -> None:
+    """A server that keeps slot leases in memory strands the slots of the steps running when it
+    restarts: said at each worker's start, where an operator looks (best effort)."""
+    from prefect.client.orchestration import get_client
+
+    from scripts.limits import warn_if_leases_in_memory
+
+    try:
+        async with get_client() as client:
+            await warn_if_leases_in_memory(client)
+    except Exception:  # the server may not answer yet: the worker waits for it as it always does
+        pass
 
 
 async def _deploy_catalog(work_pool: str) -> None:

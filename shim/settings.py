@@ -76,7 +76,8 @@ class ShimSettings(BaseSettings):
     prefect_events: bool = Field(
         default=True, description="Emit each event's fate as a Prefect event (Event Feed, Automations)."
     )
-    # Limits on what one client can make the Event API hold (README, "Limits and bad input").
+    # Limits on what one client can make the Event API hold (docs/event-api-protocol.md, "Limits
+    # and bad input").
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1,
