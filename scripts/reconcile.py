@@ -32,9 +32,11 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
@@ -73,10 +75,13 @@ from flows.process_tree import kill_run_leftovers, signal_process, start_time
 from scripts.cancel import FINAL, cancel_flow_run, state_of
 
 log = logging.getLogger("poligraph.reconcile")
+T = TypeVar("T")
+Unbegun = dict[str, tuple[UUID, float]]  # Running runs whose body has not begun: (state id, first seen)
 CANCEL_FALLBACK_SECONDS = 15.0  # a runner that watches stops a Cancelling run within a few seconds
 # Above the SyncJob writes' longest pause between retries (5 s): a body elsewhere that waited out a
 # database outage has written its row by the second look.
 UNBEGUN_CONFIRM_SECONDS = 12.0
+FAILING_LOG_SECONDS = 300.0  # an item failing at every pass is logged again this often
 STOPPED = "stopped: its process is gone (ended by the reconciler)"
 PROCESS_DIED = (
     "Le processus qui exécutait ce run est mort (service arrêté, machine redémarrée ou mémoire épuisée)."
@@ -98,28 +103,35 @@ class Reconciler:
         self._settled: set[str] = set()  # cancelled runs that reached a final state
         self.unbegun_confirm_seconds = UNBEGUN_CONFIRM_SECONDS
         # Running runs whose body has not begun: (state id, first seen) while it stays so
-        self._unbegun: dict[str, tuple[UUID, float]] = {}
+        self._unbegun: Unbegun = {}
+        # items whose own work fails: (first failure, failures, last logged), monotonic
+        self._failing: dict[str, tuple[float, int, float]] = {}
 
     # --- passes --------------------------------------------------------------------------
     def cancel_pass(self, client: SyncPrefectClient) -> list[str]:
         """Cancel the flow runs of cancelled rows; return the flow run ids asked to cancel."""
-        asked = []
         since = utcnow() - timedelta(hours=6)
-        for row in self.repository.cancelled_since(since):
-            run_id = flow_run_of(row)
-            if not run_id or run_id in self._settled:
-                continue
-            state = state_of(client, run_id)
-            if state is None or state.type in FINAL:
-                self._settled.add(run_id)
-                self._finish_stop(client, run_id)
-            elif state.name != "Cancelling":
-                if cancel_flow_run(client, run_id, "cancelled from the admin"):
-                    asked.append(run_id)
-                    log.info("SyncJob %s cancelled: cancelling flow run %s", row["id"], run_id)
-            elif (datetime.now(UTC) - state.timestamp).total_seconds() >= CANCEL_FALLBACK_SECONDS:
-                self._stop_here(client, run_id)
-        return asked
+        asked = [
+            self._on_its_own("SyncJob", row["id"], partial(self._cancel_one, client, row))
+            for row in self.repository.cancelled_since(since)
+        ]
+        return [run_id for run_id in asked if run_id]
+
+    def _cancel_one(self, client: SyncPrefectClient, row: dict[str, Any]) -> str | None:
+        run_id = flow_run_of(row)
+        if not run_id or run_id in self._settled:
+            return None
+        state = state_of(client, run_id)
+        if state is None or state.type in FINAL:
+            self._settled.add(run_id)
+            self._finish_stop(client, run_id)
+        elif state.name != "Cancelling":
+            if cancel_flow_run(client, run_id, "cancelled from the admin"):
+                log.info("SyncJob %s cancelled: cancelling flow run %s", row["id"], run_id)
+                return run_id
+        elif (datetime.now(UTC) - state.timestamp).total_seconds() >= CANCEL_FALLBACK_SECONDS:
+            self._stop_here(client, run_id)
+        return None
 
     def _stop_here(self, client: SyncPrefectClient, run_id: str) -> None:
         """Stop a Cancelling run that its runner left running, if its process is on this machine.
@@ -166,24 +178,32 @@ class Reconciler:
         Completed, when the row says the body completed and only the report was lost). An active
         row of a run that had ended (its file goes after the final state) is FAILED as its end
         says, as its hook would have."""
-        failed = []
-        for run in dead_runs():
-            state = state_of(client, run.flow_run_id)
-            if state is not None and state.type not in FINAL:
-                state = self._end_of_dead(run, state)
-                client.set_flow_run_state(UUID(run.flow_run_id), state, force=True)
-            # its scripts run in their own sessions and outlive it, and so may whatever they
-            # detached: every process tagged with the run's id goes, with the recorded groups
-            if killed := kill_run_leftovers(run.flow_run_id, run.script_groups):
-                log.info("flow run %s died: killed its leftover processes %s", run.flow_run_id, killed)
-            if state is None or state.is_crashed():
-                if self._fail_row(run.job_id, run.flow_run_id, PROCESS_DIED):
-                    failed.append(run.job_id)
-            elif not state.is_completed():  # as the hooks say it: "Annulé : …" for a cancel
-                alert = not state.is_cancelled()
-                if self._fail_row(run.job_id, run.flow_run_id, failure_message(state), alert=alert):
-                    failed.append(run.job_id)
-            run.path.unlink(missing_ok=True)
+        ended = [
+            self._on_its_own("flow run", run.flow_run_id, partial(self._end_dead_run, client, run))
+            for run in dead_runs()
+        ]
+        return [job_id for job_id in ended if job_id]
+
+    def _end_dead_run(self, client: SyncPrefectClient, run: RunFile) -> str | None:
+        """The flow run's end as it died, its leftovers killed, its row failed (its job id when
+        this failed it), its run file gone."""
+        failed = None
+        state = state_of(client, run.flow_run_id)
+        if state is not None and state.type not in FINAL:
+            state = self._end_of_dead(run, state)
+            client.set_flow_run_state(UUID(run.flow_run_id), state, force=True)
+        # its scripts run in their own sessions and outlive it, and so may whatever they
+        # detached: every process tagged with the run's id goes, with the recorded groups
+        if killed := kill_run_leftovers(run.flow_run_id, run.script_groups):
+            log.info("flow run %s died: killed its leftover processes %s", run.flow_run_id, killed)
+        if state is None or state.is_crashed():
+            if self._fail_row(run.job_id, run.flow_run_id, PROCESS_DIED):
+                failed = run.job_id
+        elif not state.is_completed():  # as the hooks say it: "Annulé : …" for a cancel
+            alert = not state.is_cancelled()
+            if self._fail_row(run.job_id, run.flow_run_id, failure_message(state), alert=alert):
+                failed = run.job_id
+        run.path.unlink(missing_ok=True)
         return failed
 
     def _end_of_dead(self, run: RunFile, state: State[Any]) -> State[Any]:
@@ -210,35 +230,49 @@ class Reconciler:
             ),
             limit=200,
         )
-        ended = []
-        unbegun = {}
-        for run in runs:
-            if run.state is None or datetime.now(UTC) - run.state.timestamp < bound:
-                continue
-            run_id = str(run.id)
-            if flow_process_here(run_id):
-                continue  # alive here: the cancel pass stops it if it must
-            if run.state.type == StateType.RUNNING:
-                if self._body_began(run):
-                    continue  # its process is elsewhere, or died with its run file (dead pass)
-                unbegun[run_id] = self._unbegun.get(run_id, (run.state.id, time.monotonic()))
-                state_id, first_seen = unbegun[run_id]
-                if state_id != run.state.id or time.monotonic() - first_seen < self.unbegun_confirm_seconds:
-                    continue
-            # It may have reported and exited since it was read: act only on the state we judged.
-            state = state_of(client, run_id)
-            if state is None or state.id != run.state.id:
-                continue
-            kill_run_leftovers(run_id)
-            if state.type == StateType.CANCELLING:
-                client.set_flow_run_state(run.id, Cancelled(message=STOPPED), force=True)
-                log.warning("flow run %s still Cancelling, its process gone: Cancelled", run_id)
-            else:
-                self._crash_unstarted(client, run)
-            unbegun.pop(run_id, None)
-            ended.append(run_id)
+        unbegun: Unbegun = {}
+        ended = [
+            self._on_its_own(
+                "flow run", str(run.id), partial(self._end_if_stuck, client, run, bound, unbegun)
+            )
+            for run in runs
+        ]
         self._unbegun = unbegun
-        return ended
+        return [run_id for run_id in ended if run_id]
+
+    def _end_if_stuck(
+        self,
+        client: SyncPrefectClient,
+        run: FlowRun,
+        bound: timedelta,
+        unbegun: Unbegun,
+    ) -> str | None:
+        """End one run found Pending, Cancelling or Running if it is stuck so (its id then);
+        `unbegun` collects the Running runs seen without a begun body, for the next look."""
+        if run.state is None or datetime.now(UTC) - run.state.timestamp < bound:
+            return None
+        run_id = str(run.id)
+        if flow_process_here(run_id):
+            return None  # alive here: the cancel pass stops it if it must
+        if run.state.type == StateType.RUNNING:
+            if self._body_began(run):
+                return None  # its process is elsewhere, or died with its run file (dead pass)
+            unbegun[run_id] = self._unbegun.get(run_id, (run.state.id, time.monotonic()))
+            state_id, first_seen = unbegun[run_id]
+            if state_id != run.state.id or time.monotonic() - first_seen < self.unbegun_confirm_seconds:
+                return None
+        # It may have reported and exited since it was read: act only on the state we judged.
+        state = state_of(client, run_id)
+        if state is None or state.id != run.state.id:
+            return None
+        kill_run_leftovers(run_id)
+        if state.type == StateType.CANCELLING:
+            client.set_flow_run_state(run.id, Cancelled(message=STOPPED), force=True)
+            log.warning("flow run %s still Cancelling, its process gone: Cancelled", run_id)
+        else:
+            self._crash_unstarted(client, run)
+        unbegun.pop(run_id, None)
+        return run_id
 
     def _body_began(self, run: FlowRun) -> bool:
         """Whether the run's body named it in its SyncJob row (its first write, made before any
@@ -263,27 +297,31 @@ class Reconciler:
 
     def states_pass(self, client: SyncPrefectClient) -> list[str]:
         """Active rows whose flow run ended badly or disappeared → FAILED with the reason."""
-        failed = []
         unstarted: dict[str, dict[str, Any]] = {}
+        failed = []
         for row in self.repository.active():
-            run_id = flow_run_of(row)
-            if not run_id:
+            if not flow_run_of(row):
                 unstarted[row["id"]] = row  # its run has not begun its flow (or never will)
-                continue
-            cancelled = False  # a cancel is no failure: no alert
-            try:
-                run = client.read_flow_run(UUID(run_id))
-            except ObjectNotFound:
-                reason = f"Le run Prefect {run_id} n'existe plus."
-            else:
-                state = run.state
-                if state is None or state.type not in ENDED_BADLY:
-                    continue
-                reason = f"Le run Prefect {ENDED_BADLY[state.type]} : {state.message or state.name}"
-                cancelled = state.type == StateType.CANCELLED
-            if self._fail_row(row["id"], run_id, reason, script=row["script"], alert=not cancelled):
+            elif self._on_its_own("SyncJob", row["id"], partial(self._fail_if_run_ended, client, row)):
                 failed.append(row["id"])
         return failed + self._ended_before_starting(client, unstarted)
+
+    def _fail_if_run_ended(self, client: SyncPrefectClient, row: dict[str, Any]) -> bool:
+        """FAILED, with the reason, when the row's flow run ended badly or vanished."""
+        run_id = flow_run_of(row)
+        assert run_id is not None
+        cancelled = False  # a cancel is no failure: no alert
+        try:
+            run = client.read_flow_run(UUID(run_id))
+        except ObjectNotFound:
+            reason = f"Le run Prefect {run_id} n'existe plus."
+        else:
+            state = run.state
+            if state is None or state.type not in ENDED_BADLY:
+                return False
+            reason = f"Le run Prefect {ENDED_BADLY[state.type]} : {state.message or state.name}"
+            cancelled = state.type == StateType.CANCELLED
+        return self._fail_row(row["id"], run_id, reason, script=row["script"], alert=not cancelled)
 
     def _ended_before_starting(self, client: SyncPrefectClient, rows: dict[str, dict[str, Any]]) -> list[str]:
         """Rows whose flow run ended badly before its flow began, so before it could write its id
@@ -306,7 +344,8 @@ class Reconciler:
                 continue
             what = ENDED_BADLY[run.state.type]
             reason = f"Le run Prefect {what} avant de démarrer : {run.state.message or run.state.name}"
-            if self._fail_row(row["id"], str(run.id), reason, script=row["script"]):
+            fail = partial(self._fail_row, row["id"], str(run.id), reason, script=row["script"])
+            if self._on_its_own("SyncJob", row["id"], fail):
                 failed.append(row["id"])
         return failed
 
@@ -342,14 +381,42 @@ class Reconciler:
         return [str(run.id) for run in waiting]
 
     def run_once(self) -> dict[str, list[str]]:
+        """Every pass once. A pass that fails for a reason of its own is logged and the others
+        still run; an outage (the database or the Prefect server away) ends them all."""
         with get_client(sync_client=True) as client:
-            return {
-                "cancelled": self.cancel_pass(client),
-                "dead": self.dead_local_runs_pass(client),
-                "stuck": self.stuck_runs_pass(client),
-                "failed": self.states_pass(client),
-                "waiting": self.slot_wait_pass(client),
+            passes: dict[str, Callable[[SyncPrefectClient], list[str]]] = {
+                "cancelled": self.cancel_pass,
+                "dead": self.dead_local_runs_pass,
+                "stuck": self.stuck_runs_pass,
+                "failed": self.states_pass,
+                "waiting": self.slot_wait_pass,
             }
+            return {
+                name: self._on_its_own("pass", name, partial(run, client)) or []
+                for name, run in passes.items()
+            }
+
+    def _on_its_own(self, what: str, ident: str, action: Callable[[], T]) -> T | None:
+        """One row's, one run's or one pass's work: a failure of its own (a row the database
+        refuses, a run Prefect answers 4xx for, a bug) is logged with its id and the rest goes
+        on; an outage, which every other item would meet too, ends the whole pass. An item that
+        keeps failing is logged again every FAILING_LOG_SECONDS, not at every pass."""
+        try:
+            result = action()
+        except Exception as exc:
+            if _is_outage(exc):
+                raise
+            key = f"{what} {ident}"
+            first, count, logged = self._failing.get(key, (time.monotonic(), 0, 0.0))
+            count += 1
+            if count == 1 or time.monotonic() - logged >= FAILING_LOG_SECONDS:
+                since = f" ({count} passes since {time.monotonic() - first:.0f} s)" if count > 1 else ""
+                log.exception("reconcile: %s left for the next pass%s", key, since)
+                logged = time.monotonic()
+            self._failing[key] = (first, count, logged)
+            return None
+        self._failing.pop(f"{what} {ident}", None)
+        return result
 
     def _alert(self, job_id: str, flow_run_id: str, reason: str, script: str | None = None) -> None:
         if script is None:
@@ -381,7 +448,7 @@ class Reconciler:
                 self.run_once()
             except Exception as exc:  # Prefect or the database may be away: next pass
                 self._unbegun.clear()  # what a pass saw before an outage is looked at again after
-                if is_transient(exc) or isinstance(exc, httpx.TransportError):
+                if _is_outage(exc):
                     log.warning("reconcile pass failed, %s away: %s", _what(exc), str(exc).splitlines()[0])
                 else:
                     log.exception("reconcile pass failed")
@@ -398,6 +465,13 @@ def _read_marker(marker: Path) -> tuple[float, int, float | None] | None:
         return None
     except (OSError, ValueError, KeyError, TypeError):
         return (0.0, 0, None)  # unreadable: treat the process as gone and finish the stop
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """The database or the Prefect server away or unwell: nothing in this pass can succeed."""
+    if is_transient(exc) or isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
 
 
 def _what(exc: Exception) -> str:

@@ -444,3 +444,47 @@ def test_a_run_left_running_before_its_body_began_is_crashed_on_a_second_look(pr
             for first, queued in runs.values():
                 for run in (first, queued):
                     client.set_flow_run_state(run.id, Cancelled(), force=True)
+
+
+# --- one row never stops a pass -------------------------------------------------------------------
+def test_a_row_the_database_refuses_to_write_leaves_the_others_reconciled(prefect_api, syncjobs, caplog):
+    """A row the database refuses (here a trigger that raises for it, as a row holding what a
+    column refuses would) is logged with its id at each pass it fails in, not every 2 s for ever,
+    and every other row of the pass, and every other pass, still goes through."""
+    import sqlalchemy as sa
+    from prefect.client.orchestration import get_client as get_sync_client
+
+    poisoned, good = "cpoisoned0000000000000001", "cpoisonedneighbour0000001"
+    for job_id in (poisoned, good):  # both RUNNING with a flow run that no longer exists
+        syncjobs.mark_running(job_id, "gamma", str(uuid.uuid4()))
+    with syncjobs.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE OR REPLACE FUNCTION refuse_poisoned() RETURNS trigger AS $$ BEGIN "
+                f"IF NEW.id = '{poisoned}' THEN RAISE EXCEPTION 'this row cannot be written'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            sa.text(
+                'CREATE TRIGGER refuse_poisoned BEFORE UPDATE ON "SyncJob" '
+                "FOR EACH ROW EXECUTE FUNCTION refuse_poisoned()"
+            )
+        )
+    try:
+        reconciler = Reconciler(syncjobs)
+        with caplog.at_level("ERROR", logger="poligraph.reconcile"):
+            with get_sync_client(sync_client=True) as client:
+                assert reconciler.states_pass(client) == [good]
+            passes = reconciler.run_once()  # the poisoned row fails again: the passes still run
+        assert set(passes) == {"cancelled", "dead", "stuck", "failed", "waiting"}
+        assert syncjobs.get(good)["status"] == "FAILED" and "n'existe plus" in syncjobs.get(good)["error"]
+        assert syncjobs.get(poisoned)["status"] == "RUNNING"
+        said = [r.getMessage() for r in caplog.records if poisoned in r.getMessage()]
+        assert said == [f"reconcile: SyncJob {poisoned} left for the next pass"]  # once, not per pass
+    finally:
+        with syncjobs.engine.begin() as conn:
+            conn.execute(sa.text('DROP TRIGGER refuse_poisoned ON "SyncJob"'))
+    # once the database takes it, the next pass ends it like the others
+    with get_sync_client(sync_client=True) as client:
+        assert reconciler.states_pass(client) == [poisoned]
