@@ -36,6 +36,12 @@ SERVER_SETTINGS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # A queued run of a busy deployment re-checks its slot every 5 s, not 30 s.
     "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
+    # Flow runs (with their logs, task runs and artifacts) are deleted 30 days after they ended,
+    # once an hour, 200 per transaction; Prefect keeps them for ever otherwise. Events go after
+    # 7 days either way. A run's idempotency key goes with it: the shim's outbox forgets finished
+    # events well before (POLIGRAPH_SHIM_RETENTION_DAYS), so no event is dispatched again.
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+    "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(30 * 24 * 3600),
 }
 # SQLite only: one writer at a time, and a transaction that read before writing fails at once
 # ("database is locked", 503) when another wrote in between, whatever the busy timeout. The

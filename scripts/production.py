@@ -113,6 +113,9 @@ STEPS = (
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             # a run queued behind its deployment's one-at-a-time slot re-checks every 5 s, not 30
             "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
+            # flow runs (logs, task runs, artifacts) deleted 30 days after they ended; never otherwise
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": "2592000",
         },
         secrets=("PREFECT_SERVER_DATABASE_CONNECTION_URL",),
         unit="prefect-server",

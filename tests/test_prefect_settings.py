@@ -144,3 +144,24 @@ def test_make_up_with_a_postgresql_that_never_answers_exits_1_saying_why(tmp_pat
         in done.stderr
     )
     assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+
+
+@pytest.mark.unit
+def test_the_local_stack_and_production_vacuum_flow_runs_after_30_days(monkeypatch):
+    """Prefect keeps every flow run for ever unless its vacuum is told otherwise: both servers
+    turn it on, and Prefect reads the values as meant (a wrong vacuum type is refused at start)."""
+    from datetime import timedelta
+
+    from prefect.settings.models.server.services import ServerServicesDBVacuumSettings
+
+    from scripts.production import step
+
+    for env in (server_environment({"POLIGRAPH_PREFECT_DATABASE_URL": "sqlite"}), step("prefect-server").env):
+        for name in (
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD",
+        ):
+            monkeypatch.setenv(name, env[name])
+        vacuum = ServerServicesDBVacuumSettings()
+        assert vacuum.enabled == {"events", "flow_runs"}
+        assert vacuum.retention_period == timedelta(days=30)
