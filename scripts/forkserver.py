@@ -19,8 +19,12 @@ starting runs slowly or not at all):
   `multiprocessing` name of `prefect.flow_engine`; `install` points that name at an object whose
   `get_context` gives the forkserver context;
 * `ForkedRunStarter` follows the `ProcessStarter` protocol of `prefect.runner._flow_run_executor`
-  (what Prefect's own `DirectSubprocessStarter` does, plus the job's environment), and the
-  worker runs it through `FlowRunExecutorContext`, as Prefect's ProcessWorker does.
+  (what Prefect's own `DirectSubprocessStarter` does, plus the job's environment), and
+  `run_forked` runs it through `FlowRunExecutorContext` (`run_services`), as Prefect's
+  ProcessWorker does: the run's submission, process tracking, cancellation over the control
+  channel, crash handling and hooks stay Prefect's.
+
+The worker (scripts/worker.py) uses only `install`, `run_services` and `run_forked`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from prefect import Flow
     from prefect.client.schemas.objects import FlowRun
     from prefect.runner._control_channel import ControlChannel
+    from prefect.runner._flow_run_executor import FlowRunExecutorContext as RunServices
     from prefect.runner._process_manager import ProcessHandle
 
 log = logging.getLogger(__name__)
@@ -134,3 +139,46 @@ class ForkedRunStarter:
             if registered and not handed_off:
                 self._control_channel.unregister(flow_run.id)
             raise
+
+
+def run_services() -> RunServices:
+    """Prefect's services for runs started outside its Runner (client, process map,
+    cancellations and their observer, control channel), to enter once for the worker's life."""
+    from prefect.runner._flow_run_executor import FlowRunExecutorContext
+
+    return FlowRunExecutorContext()
+
+
+async def run_forked(
+    services: RunServices,
+    flow_run: FlowRun,
+    flow: Flow[..., Any],
+    *,
+    env: dict[str, str | None],
+    deployment_name: str | None,
+    task_status: anyio.abc.TaskStatus[int],
+) -> tuple[int, int]:
+    """Run `flow_run` as a fork; `task_status` gets its pid as soon as it started; returns (pid,
+    status code) once it ended (as ProcessWorker.run does for its command)."""
+    starter = ForkedRunStarter(
+        flow=flow, env=env, deployment_name=deployment_name, control_channel=services.control_channel
+    )
+
+    async def resolve(_: FlowRun) -> Flow[..., Any]:  # for its on_crashed / on_cancellation hooks
+        return flow
+
+    executor = services.create_executor(flow_run, starter, resolve_flow=resolve, propose_submitting=False)
+    outcome: list[Any] = []
+
+    async def execute(*, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
+        outcome.append(await executor.submit(task_status=task_status))
+
+    async with anyio.create_task_group() as group:
+        handle = await group.start(execute)
+        if handle.pid is None:
+            raise RuntimeError("Flow run process has no PID")
+        task_status.started(handle.pid)
+    execution = outcome[0] if outcome else None
+    if execution is None or execution.status_code is None:
+        raise RuntimeError("Failed to start flow run process.")
+    return execution.handle.pid, execution.status_code

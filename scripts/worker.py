@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import Flow as APIFlow
     from prefect.client.schemas.objects import FlowRun, WorkPool
     from prefect.client.schemas.responses import DeploymentResponse
-    from prefect.runner._flow_run_executor import FlowRunExecutorContext
 
+    from scripts.forkserver import RunServices
     from scripts.reconciler_process import ReconcilerProcess
     from scripts.run_wakeups import RunWakeups
 
@@ -87,7 +87,7 @@ class PoligraphWorker(ProcessWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._services = AsyncExitStack()
-        self._executions: FlowRunExecutorContext | None = None
+        self._executions: RunServices | None = None
         self._wakeups: RunWakeups | None = None
         self._reconciler: ReconcilerProcess | None = None
         self._poll_lock = anyio.Lock()
@@ -99,8 +99,6 @@ class PoligraphWorker(ProcessWorker):
     # --- life ------------------------------------------------------------------------------
     async def setup(self) -> None:
         import os
-
-        from prefect.runner._flow_run_executor import FlowRunExecutorContext
 
         from deployments.settings import get_settings
         from scripts import forkserver
@@ -121,7 +119,7 @@ class PoligraphWorker(ProcessWorker):
         # One set of run services for the worker's life (client, process map, cancellations, the
         # control channel), as serve's runner has, rather than a new set per run. Entered first,
         # so it closes last: after the worker's runs ended, not under them.
-        self._executions = await self._exit_stack.enter_async_context(FlowRunExecutorContext())
+        self._executions = await self._exit_stack.enter_async_context(forkserver.run_services())
         await super().setup()
         self._wakeups = RunWakeups(self.get_and_submit_flow_runs, self._scheduled_time)
         group = await self._services.enter_async_context(anyio.create_task_group())
@@ -221,34 +219,17 @@ class PoligraphWorker(ProcessWorker):
         if task_status is None:
             task_status = anyio.TASK_STATUS_IGNORED
 
-        from scripts.forkserver import ForkedRunStarter
+        from scripts.forkserver import run_forked
 
-        context = self._executions
-        starter = ForkedRunStarter(
-            flow=flow,
+        pid, status_code = await run_forked(
+            self._executions,
+            flow_run,
+            flow,
             env=configuration.env,
             deployment_name=getattr(configuration, "_deployment_name", None),
-            control_channel=context.control_channel,
+            task_status=task_status,
         )
-
-        async def resolve(_: FlowRun) -> Flow[..., Any]:
-            return flow
-
-        executor = context.create_executor(flow_run, starter, resolve_flow=resolve, propose_submitting=False)
-        outcome: list[Any] = []
-
-        async def execute(*, task_status: anyio.abc.TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
-            outcome.append(await executor.submit(task_status=task_status))
-
-        async with anyio.create_task_group() as group:
-            handle = await group.start(execute)
-            if handle.pid is None:
-                raise RuntimeError("Flow run process has no PID")
-            task_status.started(handle.pid)
-        execution = outcome[0] if outcome else None
-        if execution is None or execution.status_code is None:
-            raise RuntimeError("Failed to start flow run process.")
-        return ProcessWorkerResult(status_code=execution.status_code, identifier=str(execution.handle.pid))
+        return ProcessWorkerResult(status_code=status_code, identifier=str(pid))
 
 
 def _our_flow(entrypoint: str | None) -> Flow[..., Any] | None:

@@ -1,6 +1,6 @@
-"""serve's fork server hooks into two private places of Prefect: a Prefect that changed them must
-stop serve at start, not spawn runs slowly without a word (the served runs themselves are
-checked in test_served.py)."""
+"""The worker's runs start through Prefect's private parts, all in scripts/forkserver.py: a Prefect
+upgrade that moved or changed them must fail here, loudly, not start runs slowly (or not at all)
+without a word (the forked runs themselves are checked in test_worker.py)."""
 
 from __future__ import annotations
 
@@ -35,3 +35,23 @@ def test_the_preloaded_modules_exist():
 
     for name in forkserver.PRELOAD:
         assert importlib.util.find_spec(name) is not None, name
+
+
+def test_the_private_parts_the_worker_starts_runs_with_are_where_and_as_they_were():
+    import inspect
+
+    from prefect.runner._control_channel import ControlChannel
+    from prefect.runner._flow_run_executor import FlowRunExecutorContext
+    from prefect.runner._process_manager import ProcessHandle
+
+    create = inspect.signature(FlowRunExecutorContext.create_executor).parameters
+    assert {"flow_run", "starter", "resolve_flow", "propose_submitting"} <= set(create)
+    assert {"register", "unregister"} <= set(dir(ControlChannel))
+
+    class Started:  # what run_flow_in_subprocess returns, as far as the handle is concerned
+        pid = 4242
+
+    assert ProcessHandle(Started()).pid == 4242  # type: ignore[arg-type]
+    run = inspect.signature(flow_engine.run_flow_in_subprocess).parameters
+    assert {"flow", "flow_run", "env"} <= set(run)
+    assert isinstance(forkserver.run_services(), FlowRunExecutorContext)
