@@ -7,12 +7,13 @@ TEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test test-fast check lint typecheck imports install prefect-yaml bench
+.PHONY: up test test-fast check lint typecheck imports install prefect-yaml bench lock
 
-$(STAMP): pyproject.toml
+# The install is locked: every package at the version of requirements.lock (pip constraints).
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,3 +48,11 @@ check: lint typecheck imports test-fast
 
 prefect-yaml: $(STAMP)
 	$(BIN)/python -m deployments.prefect_yaml
+
+# Resolve pyproject.toml's dependencies afresh in a throwaway virtualenv and pin what came.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	{ sed -n '1,3p' requirements.lock; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^poligraph-jobs'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv

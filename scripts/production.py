@@ -93,7 +93,11 @@ STEPS = (
     Step(
         name="install",
         where="every host (Python 3.11+), from a checkout of this repository; again to upgrade",
-        commands=("python3 -m venv {venv}", "{venv}/bin/pip install {checkout}"),
+        # the locked versions (requirements.lock, as pip constraints): what the tests passed with
+        commands=(
+            "python3 -m venv {venv}",
+            "{venv}/bin/pip install -c {checkout}/requirements.lock {checkout}",
+        ),
     ),
     Step(
         name="prefect-database",
