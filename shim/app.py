@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
 from deployments.catalog import Catalog, get_catalog
+from shim.admission import Admission
 from shim.announce import Announcer
 from shim.body import read_body
 from shim.committer import committer_for
@@ -31,9 +32,18 @@ from shim.mapping import FAIL_JOB
 from shim.metrics import ShimMetrics
 from shim.outbox import PENDING, EventBatch, EventOutbox, Recorded, open_outbox
 from shim.settings import ShimSettings, get_shim_settings
-from shim.wire import SEED_HEADER, SERVER_KIND_HEADER, Reply, dev_info, health, refused, unknown_key
+from shim.wire import (
+    SEED_HEADER,
+    SERVER_KIND_HEADER,
+    Reply,
+    busy,
+    dev_info,
+    health,
+    refused,
+    unknown_key,
+)
 
-_REFUSAL_OF_STATUS = {400: "bad_request", 408: "too_slow", 413: "too_large"}
+_REFUSAL_OF_STATUS = {400: "bad_request", 408: "too_slow", 413: "too_large", 503: "busy"}
 
 
 def create_app(
@@ -47,12 +57,14 @@ def create_app(
     key_accepted = KeyCheck(settings)
     server_kind = "dev" if settings.dev_mode else "cloud"
     catalog_of: Callable[[], Catalog] = (lambda: catalog) if catalog else get_catalog
+    admission = Admission(settings.max_requests, settings.max_bytes_in_flight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.outbox = outbox or open_outbox(settings)
         metrics = app.state.metrics = ShimMetrics()
         metrics.watch_outbox(app.state.outbox.pending_stats)
+        metrics.watch_admission(admission)
         announcer = Announcer(enabled=settings.prefect_events)
         dispatcher = app.state.dispatcher = Dispatcher(app.state.outbox, settings, metrics, announcer)
 
@@ -90,6 +102,8 @@ def create_app(
 
     def respond(reply: Reply, close: bool = False) -> JSONResponse:
         headers = {SERVER_KIND_HEADER: server_kind}
+        if reply.retry_after is not None:
+            headers["Retry-After"] = str(reply.retry_after)
         if close:  # the request body was not (all) read: don't read the rest of it
             headers["Connection"] = "close"
         return JSONResponse(reply.body, status_code=reply.status, headers=headers)
@@ -112,13 +126,19 @@ def create_app(
         if not key_accepted(key):
             intake.refused("unknown_key", "Event key not found", 401)
             return respond(unknown_key(), close=True)
-        body = await read_body(request, settings.max_body_bytes, settings.read_timeout_seconds)
-        if isinstance(body, Reply):
-            intake.refused(
-                _REFUSAL_OF_STATUS.get(body.status, "bad_request"), body.body["error"], body.status
-            )
-            return respond(body, close=True)
-        return respond(await intake.receive(body, request.headers.get(SEED_HEADER)))
+        ticket = admission.admit()
+        if ticket is None:  # as many requests in progress as allowed: this one is not read
+            reply = busy()
+            intake.refused("busy", reply.body["error"], reply.status)
+            return respond(reply, close=True)
+        with ticket:  # its body's bytes are held until it is answered
+            body = await read_body(request, settings.max_body_bytes, settings.read_timeout_seconds, ticket)
+            if isinstance(body, Reply):
+                intake.refused(
+                    _REFUSAL_OF_STATUS.get(body.status, "bad_request"), body.body["error"], body.status
+                )
+                return respond(body, close=True)
+            return respond(await intake.receive(body, request.headers.get(SEED_HEADER)))
 
     @app.get("/health")
     async def health_route() -> JSONResponse:

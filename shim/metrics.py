@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from deployments.syncjob import utcnow
+from shim.admission import Admission
 from shim.mapping import EventAction
 
 log = logging.getLogger("poligraph.shim.metrics")
@@ -74,7 +75,7 @@ class ShimMetrics:
         self.requests_refused = Counter(
             f"{PREFIX}_requests_refused",
             "Whole requests refused, nothing stored (bad_request, unknown_key, too_large, too_slow, "
-            "outbox_unavailable)",
+            "busy, outbox_unavailable)",
             ["reason"],
             registry=r,
         )
@@ -130,3 +131,18 @@ class ShimMetrics:
 
     def watch_outbox(self, stats: Callable[[], tuple[int, datetime | None]]) -> None:
         self.registry.register(OutboxCollector(stats))
+
+    def watch_admission(self, admission: Admission) -> None:
+        """The requests in progress and the body bytes they hold, read at scrape time."""
+        requests = Gauge(
+            f"{PREFIX}_requests_in_progress",
+            "Event requests past their head, not yet answered (POLIGRAPH_SHIM_MAX_REQUESTS)",
+            registry=self.registry,
+        )
+        requests.set_function(lambda: admission.requests)
+        held = Gauge(
+            f"{PREFIX}_body_bytes_in_flight",
+            "Request body bytes held by them (POLIGRAPH_SHIM_MAX_BYTES_IN_FLIGHT)",
+            registry=self.registry,
+        )
+        held.set_function(lambda: admission.bytes)

@@ -1,33 +1,90 @@
-"""How the Event API is served: uvicorn with the shim's connection limits.
+"""How the Event API is served: uvicorn, with limits on what costs memory and CPU rather than on
+quiet sockets (docs/event-api-protocol.md, "Limits and bad input").
 
-* `limit_concurrency`: at most `max_connections` open connections are served; a request on
-  one more gets uvicorn's 503 (retried by the SDKs).
-* h11 always (also when httptools is installed), with a deadline on each request's head:
-  uvicorn only times out idle keep-alive connections, so a client trickling its headers one byte
-  at a time would hold its connection forever. The body has its own deadline (`shim.body`).
+* A connection costs a few kB while it waits for a request head, so many may be open at once:
+  `max_connections` (10,000) of them are served (uvicorn's `limit_concurrency`: a request on one
+  more gets uvicorn's 503). What a request holds once its head is in (its body, its parsing, its
+  commit) is bounded by the app (`shim.admission`), not by counting sockets.
+* File descriptors: the process's soft RLIMIT_NOFILE is raised towards its hard limit so that
+  the connections fit, with `FD_RESERVE` kept for the databases, Prefect and the logs; when the
+  hard limit is too low the ceiling is lowered to fit it (a warning says so). A connection
+  accepted past what the descriptors allow is closed at once, before anything of it is read,
+  so the shim never runs out of descriptors for its own database connections.
+* h11 always (also when httptools is installed), with a deadline on each request's head
+  (`head_deadline_seconds`, 10 s): uvicorn only times out idle keep-alive connections, so a
+  client trickling its headers one byte at a time would hold its connection forever. The body
+  has its own deadline (`shim.body`).
 * No access log from uvicorn (it writes the path, which holds the event key): `shim.logs`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import resource
+import sys
+from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from shim.settings import ShimSettings
 
+log = logging.getLogger("poligraph.shim.server")
+# Descriptors kept for everything but client connections: the outbox's pool and the group
+# committer's connection, the app's database, Prefect's client, SQLite's files, logs, the loop.
+FD_RESERVE = 256
 
-class HeadDeadlineH11Protocol(H11Protocol):
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    served: int  # requests on connections past this many get uvicorn's 503
+    open: int  # connections past this many are closed as they are accepted (descriptors)
+
+
+def connection_limits(max_connections: int, reserve: int = FD_RESERVE) -> ConnectionLimits:
+    """The connection ceilings that the file-descriptor limit allows, raising its soft limit
+    (up to the hard one) when `max_connections` would not fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    used = psutil.Process().num_fds()
+    # each served connection may have one more waiting for its 503 (up to twice the ceiling)
+    wanted = used + reserve + 2 * max_connections
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if raised > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    room = sys.maxsize if soft == resource.RLIM_INFINITY else max(1, soft - used - reserve)
+    served = min(max_connections, room)
+    if served < max_connections:
+        log.warning(
+            "POLIGRAPH_SHIM_MAX_CONNECTIONS=%d does not fit the file-descriptor limit (%d, hard %s, "
+            "%d in use): at most %d connections are served; raise the limit (systemd: LimitNOFILE=)",
+            max_connections,
+            soft,
+            "unlimited" if hard == resource.RLIM_INFINITY else hard,
+            used,
+            served,
+        )
+    return ConnectionLimits(served=served, open=room)
+
+
+class ShimH11Protocol(H11Protocol):
     """uvicorn's h11 protocol; a connection whose next request head has not fully arrived
-    `head_timeout` seconds after it opened (or after the previous response) is closed."""
+    `head_timeout` seconds after it opened (or after the previous response) is closed, and one
+    accepted past `most_connections` is closed at once."""
 
-    head_timeout: float = 30.0
+    head_timeout: float = 10.0
+    most_connections: int = sys.maxsize
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.most_connections:
+            transport.abort()  # no descriptor to spare: nothing of it is read
+            return
         self._await_head()
 
     def data_received(self, data: bytes) -> None:
@@ -63,16 +120,18 @@ class HeadDeadlineH11Protocol(H11Protocol):
 
 def server_config(app: Any, settings: ShimSettings, **overrides: Any) -> uvicorn.Config:
     """The uvicorn configuration of the Event API (`python -m shim` and the tests)."""
+    limits = connection_limits(settings.max_connections)
 
-    class Protocol(HeadDeadlineH11Protocol):
-        head_timeout = settings.read_timeout_seconds
+    class Protocol(ShimH11Protocol):
+        head_timeout = settings.head_deadline_seconds
+        most_connections = limits.open
 
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "http": Protocol,
         # uvicorn counts the connection asking too: N + 1 lets N connections in at once
-        "limit_concurrency": settings.max_connections + 1,
+        "limit_concurrency": limits.served + 1,
         "access_log": False,
         "log_config": None,  # our handlers (shim.logs), not uvicorn's
         **overrides,

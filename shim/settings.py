@@ -84,14 +84,50 @@ class ShimSettings(BaseSettings):
         description="Largest request body; larger ones get 413 before the rest is read.",
     )
     read_timeout_seconds: float = Field(
-        default=30.0, gt=0, description="A request's headers, then its body, must arrive within this."
+        default=30.0,
+        gt=0,
+        description="A request's body must arrive within this; 408 and closed otherwise.",
+    )
+    head_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "A request's headers must arrive within this (at most the read timeout), from the "
+            "connection's start or its previous reply; the connection is closed otherwise."
+        ),
     )
     max_connections: int = Field(
-        default=32, ge=1, description="Open connections at once; more get 503 (uvicorn's limit)."
+        default=10_000,
+        ge=1,
+        description=(
+            "Open connections at once, idle ones included (each costs a few kB); a request on one "
+            "more gets 503. Lowered at start to what the process's file-descriptor limit allows."
+        ),
+    )
+    max_requests: int = Field(
+        default=256,
+        ge=1,
+        description=(
+            "Requests in progress at once (head received, body being read, parsed or stored); "
+            "one more gets 503 with Retry-After."
+        ),
+    )
+    max_bytes_in_flight: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1,
+        description=(
+            "Request bodies held at once, all requests together; a body that would pass it gets "
+            "503 with Retry-After."
+        ),
     )
     intake_threads: int = Field(
         default=2, ge=1, description="Requests parsed and stored at once (each holds its events)."
     )
+
+    @property
+    def head_deadline_seconds(self) -> float:
+        """The head's deadline in effect: never longer than the body's."""
+        return min(self.head_timeout_seconds, self.read_timeout_seconds)
 
     @field_validator("event_keys", mode="before")
     @classmethod

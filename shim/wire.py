@@ -8,12 +8,17 @@ from typing import Any
 
 SEED_HEADER = "x-inngest-event-id-seed"
 SERVER_KIND_HEADER = "X-Inngest-Server-Kind"
+# Seconds a client is told to wait before it sends again: the shim is busy (a moment), its
+# database cannot take writes (a failover, a restart: longer).
+BUSY_RETRY_AFTER = 1
+UNAVAILABLE_RETRY_AFTER = 5
 
 
 @dataclass(frozen=True)
 class Reply:
     status: int
     body: dict[str, Any] = field(default_factory=dict)
+    retry_after: int | None = None  # seconds, sent as the Retry-After header
 
 
 def accepted(ids: list[str]) -> Reply:
@@ -35,8 +40,17 @@ def too_slow(seconds: float) -> Reply:
 
 
 def unavailable() -> Reply:
-    """The shim's own database is down: a 5xx, so that every SDK sends the events again."""
-    return refused("The event store is unavailable; send the events again", 503)
+    """The shim's own database is down or cannot take writes: a 5xx, so that every SDK sends the
+    events again."""
+    reply = refused("The event store is unavailable; send the events again", 503)
+    return Reply(reply.status, reply.body, retry_after=UNAVAILABLE_RETRY_AFTER)
+
+
+def busy() -> Reply:
+    """As many requests as allowed are in progress, or their bodies hold as many bytes as
+    allowed: a 5xx with Retry-After, so that every SDK sends the events again."""
+    reply = refused("The event API is busy; send the events again", 503)
+    return Reply(reply.status, reply.body, retry_after=BUSY_RETRY_AFTER)
 
 
 def unknown_key() -> Reply:

@@ -199,7 +199,7 @@ def test_when_the_event_store_is_down_the_client_gets_a_503_to_retry(tmp_path):
     dead = sa.create_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none")
     with running_shim(ShimSettings(), EventOutbox(dead)) as (url, _app):
         reply = httpx.post(f"{url}/e/k", json=[{"name": "sync/press"}], timeout=30)
-    assert reply.status_code == 503
+    assert reply.status_code == 503 and reply.headers["retry-after"] == "5"
     assert reply.json() == {
         "ids": [],
         "status": 503,

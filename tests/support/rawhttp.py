@@ -89,6 +89,17 @@ class RawConnection:
         return data
 
 
+def raise_fd_limit(wanted: int) -> int:
+    """The soft RLIMIT_NOFILE raised to `wanted` (at most the hard limit); the limit now."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
 def request_head(path: str, **headers: str) -> bytes:
     lines = [
         f"POST {path} HTTP/1.1",
@@ -96,3 +107,118 @@ def request_head(path: str, **headers: str) -> bytes:
         *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class SlowClients:
+    """`count` connections that never finish a request: `trickling` of them send a request head
+    one byte every `every` seconds, `body_trickling` send a whole head and then a body one byte
+    every `every` seconds, and the rest open and send nothing. Each one the server closes (or
+    answers) is opened again, so that `count` stay open. Its own event loop, in a thread (or
+    `run_forever` in a process of its own, as bench.slow_clients does)."""
+
+    def __init__(
+        self,
+        port: int,
+        count: int,
+        trickling: int = 0,
+        body_trickling: int = 0,
+        every: float = 3.0,
+        key: str = "slow",
+    ) -> None:
+        assert trickling + body_trickling <= count
+        self.port, self.count, self.every = port, count, every
+        self.head = f"POST /e/{key} HTTP/1.1\r\nHost: shim\r\nX-Slow: ".encode() + b"z" * 4000
+        self.body_head = f"POST /e/{key} HTTP/1.1\r\nHost: shim\r\nContent-Length: 100000\r\n\r\n[".encode()
+        self.kinds = ["trickle"] * trickling + ["body"] * body_trickling
+        self.kinds += ["idle"] * (count - len(self.kinds))
+        self.open = 0  # connections open now
+        self.opened = 0  # connections opened in all
+        self.cut = 0  # closed (or answered) by the server
+        self.connect_errors = 0
+        self.bytes_sent = 0
+        self._loop: Any = None
+        self._stop: Any = None
+        self._thread: Any = None
+
+    def __enter__(self) -> SlowClients:
+        import threading
+
+        started = threading.Event()
+        self._thread = threading.Thread(target=self.run_forever, args=(started,), daemon=True)
+        self._thread.start()
+        started.wait(30)
+        deadline = time.monotonic() + 60
+        while self.open < self.count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.open >= self.count, f"only {self.open} of {self.count} slow connections opened"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def run_forever(self, started: Any = None) -> None:
+        import asyncio
+
+        raise_fd_limit(2 * self.count + 256)
+
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            if started is not None:
+                started.set()
+            tasks = [asyncio.create_task(self._client(i, kind)) for i, kind in enumerate(self.kinds)]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run(main())
+
+    async def _client(self, index: int, kind: str) -> None:
+        import asyncio
+        import random
+
+        rng = random.Random(index)
+        await asyncio.sleep(rng.uniform(0, min(1.0, self.every)))  # not all in the same instant
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                self.connect_errors += 1
+                await asyncio.sleep(0.1)
+                continue
+            self.open += 1
+            self.opened += 1
+            try:
+                if kind == "idle":
+                    await reader.read(65536)  # until the server closes it
+                else:
+                    await self._trickle(reader, writer, kind, rng)
+            except OSError:
+                pass
+            finally:
+                self.open -= 1
+                self.cut += 1
+                writer.close()
+
+    async def _trickle(self, reader: Any, writer: Any, kind: str, rng: Any) -> None:
+        import asyncio
+
+        if kind == "body":  # the head at once, then the body byte by byte
+            writer.write(self.body_head)
+            data = b"0," * 50000
+        else:
+            data = self.head
+        await asyncio.sleep(rng.uniform(0, self.every))
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            self.bytes_sent += 1
+            try:
+                if not await asyncio.wait_for(reader.read(65536), self.every):
+                    return  # closed by the server
+                return  # answered (the server gave up on it): open another
+            except TimeoutError:
+                continue

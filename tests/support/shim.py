@@ -119,3 +119,12 @@ def key_client(base_url: str, key: str) -> inngest.Inngest:
         event_key=key,
         signing_key="signkey-prod-0123456789abcdef",
     )
+
+
+def attempt_statuses(client: inngest.Inngest) -> list[int]:
+    """The HTTP status of every attempt `client` makes from now on (the SDK retries a 5xx: a send
+    that ends in 200 may hide one). Through the SDK's own httpx client (a private attribute)."""
+    statuses: list[int] = []
+    http = client._http_client._http_client_sync
+    http.event_hooks["response"] = [lambda response: statuses.append(response.status_code)]
+    return statuses
