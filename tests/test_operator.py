@@ -475,9 +475,10 @@ def test_a_row_the_database_refuses_to_write_leaves_the_others_reconciled(prefec
         reconciler = Reconciler(syncjobs)
         with caplog.at_level("ERROR", logger="poligraph.reconcile"):
             with get_sync_client(sync_client=True) as client:
-                assert reconciler.states_pass(client) == [good]
+                reconciler.states_pass(client)
             passes = reconciler.run_once()  # the poisoned row fails again: the passes still run
         assert set(passes) == {"cancelled", "dead", "stuck", "failed", "waiting"}
+        # (a worker's reconciler, if one runs in this module, may have failed it first: the row counts)
         assert syncjobs.get(good)["status"] == "FAILED" and "n'existe plus" in syncjobs.get(good)["error"]
         assert syncjobs.get(poisoned)["status"] == "RUNNING"
         said = [r.getMessage() for r in caplog.records if poisoned in r.getMessage()]
@@ -487,4 +488,5 @@ def test_a_row_the_database_refuses_to_write_leaves_the_others_reconciled(prefec
             conn.execute(sa.text('DROP TRIGGER refuse_poisoned ON "SyncJob"'))
     # once the database takes it, the next pass ends it like the others
     with get_sync_client(sync_client=True) as client:
-        assert reconciler.states_pass(client) == [poisoned]
+        reconciler.states_pass(client)
+    assert syncjobs.get(poisoned)["status"] == "FAILED"
