@@ -32,8 +32,9 @@ bench: $(STAMP)
 	bash .ci/ensure-wrk
 	$(BIN)/python -m bench
 
+# Unit tests on TEST_WORKERS processes too: half the time of one (make check's slowest part).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m unit -q
+	$(BIN)/python -m pytest -m unit -q -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
