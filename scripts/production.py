@@ -93,11 +93,8 @@ STEPS = (
     Step(
         name="install",
         where="every host (Python 3.11+), from a checkout of this repository; again to upgrade",
-        # the locked versions (requirements.lock, as pip constraints): what the tests passed with
-        commands=(
-            "python3 -m venv {venv}",
-            "{venv}/bin/pip install -c {checkout}/requirements.lock {checkout}",
-        ),
+        # a virtualenv of its own, the locked versions (requirements.lock): what the tests passed with
+        commands=("python3 {checkout}/scripts/install.py {venv}",),
     ),
     Step(
         name="prefect-database",
