@@ -5,7 +5,8 @@ it with one statement and one commit, then answers each request with its own eve
 While it commits, the next requests queue up, so the group grows with the load and no request
 waits for a timer. A request is answered only after the commit that holds its events; when that
 commit fails, every request of the group gets the error (the outbox down: each answers 503 and
-its client sends again), and no other request does.
+its client sends again), and no other request does. A group whose transaction conflicted
+(serialization failure, deadlock: `shim.db_errors`) is written again at once, a few times.
 
 Two writers, the same contract (`committer_for` picks one):
 * `AsyncGroupCommitter` (PostgreSQL): a task on the event loop, on one asyncio psycopg
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 
 import psycopg
 
+from shim.db_errors import retry_conflicts, retry_conflicts_async
 from shim.outbox import EventBatch, EventOutbox, Recorded
 
 log = logging.getLogger("poligraph.shim.committer")
@@ -157,7 +159,9 @@ class GroupCommitter:
     def _commit(self, group: list[_Waiting]) -> None:
         requests = [waiting.events for waiting in group]
         try:
-            outcome: list[list[Recorded]] | BaseException = self.outbox.record_requests(requests)
+            outcome: list[list[Recorded]] | BaseException = retry_conflicts(
+                log, self.outbox.record_requests, requests
+            )
         except BaseException as exc:  # noqa: BLE001 - every waiting request gets it, nothing is lost
             outcome = exc
         _answer(group, outcome, self.on_stored, _settle_from_thread)
@@ -202,8 +206,8 @@ class AsyncGroupCommitter:
                 group.append(self._waiting.popleft())
                 size += len(group[-1].events)
             try:
-                outcome: list[list[Recorded]] | BaseException = await self._record(
-                    [waiting.events for waiting in group]
+                outcome: list[list[Recorded]] | BaseException = await retry_conflicts_async(
+                    log, self._record, [waiting.events for waiting in group]
                 )
             except Exception as exc:  # every waiting request gets it, nothing is lost
                 outcome = exc

@@ -17,7 +17,11 @@ that event alone, with exponential backoff. Events that need no run (a refused e
 jobId) are handled whatever Prefect's state.
 
 The loop is woken by intake when it stored events that need work, and polls every
-`poll_seconds` for events that came due (postponed ones, another shim's leftovers).
+`poll_seconds` for events that came due (postponed ones, another shim's leftovers). A pass whose
+outbox is unavailable or cannot take writes (`shim.db_errors`) is tried again at the next poll,
+with one warning for the whole outage; one that conflicted (serialization failure, deadlock) at
+once, a few times: its rows were not written, and their runs, if Prefect created them, come back
+by their idempotency keys.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any, TypeVar
 
 from deployments.syncjob import syncjob_repository, utcnow
 from shim.announce import Announcer
+from shim.db_errors import CONFLICT_ATTEMPTS, OutageLog, is_conflict, is_unavailable
 from shim.mapping import FAIL_JOB, RUN
 from shim.metrics import ShimMetrics
 from shim.outbox import DONE, FAILED, PENDING, EventOutbox, Outcome
@@ -223,12 +228,23 @@ class Dispatcher:
     # --- the loops (in the dispatcher's thread) -------------------------------------------
     async def _run(self) -> None:
         assert self._wake is not None
+        outage = OutageLog(log, "dispatch")
+        conflicts = 0
         while not self._stopping:
             try:
                 handled = await self._one_pass()
-            except Exception:  # the database may be down too: try again later
-                log.exception("dispatch pass failed")
+                outage.ok()
+                conflicts = 0
+            except Exception as exc:  # the database may be down too: try again later
                 handled = 0
+                if is_conflict(exc) and conflicts < CONFLICT_ATTEMPTS - 1:
+                    conflicts += 1
+                    continue  # nothing was written: the same pass again, at once
+                conflicts = 0
+                if is_unavailable(exc):
+                    outage.failed(exc)
+                else:
+                    log.exception("dispatch pass failed")
             self._backlog = handled >= self.settings.batch_size or not self.gate.open()
             if handled >= self.settings.batch_size and self.gate.open():
                 continue  # a full batch: more may be waiting

@@ -8,12 +8,11 @@ import logging
 from collections.abc import Callable
 
 import anyio
-import psycopg
-from sqlalchemy import exc as sa_exc
 
 from deployments.catalog import Catalog
 from shim.announce import Announcer
 from shim.committer import Committer
+from shim.db_errors import describe, is_unavailable
 from shim.events import EventError, parse_body
 from shim.ids import event_ids
 from shim.mapping import NOTHING, EventRouter
@@ -24,15 +23,6 @@ from shim.text import printable
 from shim.wire import Reply, accepted, refused, unavailable
 
 log = logging.getLogger("poligraph.shim")
-# The database is down or unreachable (not a bad statement: that would be a bug): the client
-# gets a 5xx and sends the events again.
-OUTAGE = (
-    sa_exc.OperationalError,
-    sa_exc.InterfaceError,
-    sa_exc.TimeoutError,
-    psycopg.OperationalError,  # the PostgreSQL writer's own connection (shim.committer)
-    psycopg.InterfaceError,
-)
 # Bodies up to this size are parsed on the event loop (a few hundred microseconds at most: what
 # the SDKs send is ~200 bytes). Larger ones are parsed in a thread, a few at a time
 # (POLIGRAPH_SHIM_INTAKE_THREADS), which also bounds the memory their parsed events hold.
@@ -107,8 +97,12 @@ class Intake:
             return accepted([])
         try:
             recorded = await self.committer.store(batch)  # committed before the 200
-        except OUTAGE as exc:
-            log.warning("events not stored, the outbox is unavailable: %s", type(exc).__name__)
+        except Exception as exc:
+            # The database is down, unreachable or cannot take writes (shim.db_errors; not a bad
+            # statement: that would be a bug): the client gets a 503 and sends the events again.
+            if not is_unavailable(exc):
+                raise
+            log.warning("events not stored, the outbox is unavailable: %s", describe(exc))
             self.refused("outbox_unavailable", "the event store is unavailable", 503)
             return unavailable()
         self._report(batch, recorded)
@@ -133,4 +127,4 @@ class Intake:
             )
 
 
-__all__ = ["NOTHING", "OUTAGE", "Intake", "KeyCheck"]
+__all__ = ["NOTHING", "Intake", "KeyCheck"]
