@@ -70,6 +70,39 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Least time between two SyncJob progress writes."
     )
     tail_lines: int = Field(default=30, ge=1, description="Output lines kept for error messages.")
+    output_line_limit_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description=(
+            "A script's output line longer than this (bytes) is cut, with a marker saying how many bytes "
+            "were dropped (`… [12,345,678 bytes cut]`); reading a stream never holds much more than this."
+        ),
+    )
+    log_lines_per_second: float = Field(
+        default=200,
+        gt=0,
+        description=(
+            "Run-log budget of one step: lines per second of its script's output sent to the Prefect run "
+            "log, with a burst of 10 s worth. Past it, lines are counted, and the run log gets `… N lines "
+            "not sent to the run log; the last 30 are below` with those last lines (POLIGRAPH_TAIL_LINES) "
+            "when the budget allows again or the step ends. Progress lines are always read."
+        ),
+    )
+    log_bytes_per_second: int = Field(
+        default=256 * 1024,
+        gt=0,
+        description="Run-log budget of one step: bytes per second of output lines, as the line budget.",
+    )
+    log_max_lines: int = Field(
+        default=20_000,
+        ge=0,
+        description="Run-log budget of one step in total: output lines; the rest are counted and summarised.",
+    )
+    log_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        description="Run-log budget of one step in total: bytes of output lines, as the line budget.",
+    )
     alert_webhook_url: SecretStr | None = Field(
         default=None, description="Where failures of critical scripts are POSTed (JSON). Unset: no alert."
     )

@@ -9,6 +9,12 @@ refused or reset, the server shutting down — for POLIGRAPH_SYNCJOB_RETRY_SECON
 blip delays a row, it never fails a run. Every write is idempotent, so repeating one after a lost
 reply is harmless. Progress is not retried here: runs write it in the background
 (`flows/progress_writer.py`).
+
+Text from outside (`error`, the strings of `result`: scripts' output) is written as safe text
+(`deployments.safe_text`: no NUL, which PostgreSQL `text` and `jsonb` refuse, no control
+characters); a write the database still refuses for its content (a character a non-UTF-8
+database cannot hold: DataError from the server, UnicodeEncodeError from the driver when the
+connection's encoding is the database's) is made once more with ASCII-only text: the row ends.
 """
 
 from __future__ import annotations
@@ -31,11 +37,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.dml import ReturningInsert
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from deployments.safe_text import plain_text, safe_text, safe_values
 from deployments.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Clean = Callable[[str], str]  # safe_text, or plain_text for a write the database refused
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable host fails one attempt, not the whole retry window
+# The database, or the driver for it, refused a text for its content (not for the connection)
+CONTENT_REFUSED = (sa.exc.DataError, UnicodeEncodeError)
 
 ERROR_MAX_CHARS = 2000
 # What the admin's cancel (PATCH /api/admin/syncs/<id>) writes; `cancel` in the CLI writes it too.
@@ -199,6 +209,20 @@ class SyncJobRepository:
         )
         return retrying(write)
 
+    def _with_text(self, job_id: str, write: Callable[[Clean], T]) -> T:
+        """`write(safe_text)`, retried as a transition; when the database refuses the content
+        (CONTENT_REFUSED: not the connection, so not transient), once more as `write(plain_text)`."""
+        try:
+            return self._transition(lambda: write(safe_text))
+        except CONTENT_REFUSED as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
+            log.warning(
+                "SyncJob %s: the database refused the text (%s); writing it again as plain ASCII",
+                job_id,
+                reason[0] if reason else type(exc).__name__,
+            )
+            return self._transition(lambda: write(plain_text))
+
     def _upsert(self, values: dict[str, Any], update: dict[str, Any]) -> ReturningInsert[Any]:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         insert = dialect.insert(sync_job).values(**values)
@@ -258,18 +282,23 @@ class SyncJobRepository:
     def mark_completed(
         self, job_id: str, result: Mapping[str, Any], processed: int | None = None, total: int | None = None
     ) -> bool:
-        values: dict[str, Any] = {
-            "status": SyncJobStatus.COMPLETED,
-            "progress": 100,
-            "completedAt": utcnow(),
-            "result": dict(result),
-            "error": None,
-        }
-        if processed is not None:
-            values["processed"] = processed
-        if total is not None:
-            values["total"] = total
-        return self._transition(lambda: self._update(job_id, values))
+        now = utcnow()
+
+        def write(clean: Clean) -> bool:
+            values: dict[str, Any] = {
+                "status": SyncJobStatus.COMPLETED,
+                "progress": 100,
+                "completedAt": now,
+                "result": safe_values(dict(result), clean),
+                "error": None,
+            }
+            if processed is not None:
+                values["processed"] = processed
+            if total is not None:
+                values["total"] = total
+            return self._update(job_id, values)
+
+        return self._with_text(job_id, write)
 
     def mark_failed(
         self,
@@ -285,25 +314,44 @@ class SyncJobRepository:
         `fail_pending`).
         """
         now = utcnow()
-        values: dict[str, Any] = {
-            "status": SyncJobStatus.FAILED,
-            "completedAt": now,
-            "error": truncate_error(error),
-        }
-        if result is not None:
-            values["result"] = dict(result)
+
+        def failed(clean: Clean) -> dict[str, Any]:
+            values: dict[str, Any] = {
+                "status": SyncJobStatus.FAILED,
+                "completedAt": now,
+                "error": truncate_error(clean(error)),
+            }
+            if result is not None:
+                values["result"] = safe_values(dict(result), clean)
+            return values
+
         if script is None or only_if_active:
             conditions = [sync_job.c.status.in_(ACTIVE)] if only_if_active else []
-            return self._transition(lambda: self._update(job_id, values, *conditions))
-        stmt = self._upsert({"id": job_id, "script": script, "createdAt": now, **values}, values)
-        return self._transition(lambda: self._returns_row(stmt))
+            return self._with_text(job_id, lambda clean: self._update(job_id, failed(clean), *conditions))
+
+        def upsert(clean: Clean) -> bool:
+            values = failed(clean)
+            return self._returns_row(
+                self._upsert({"id": job_id, "script": script, "createdAt": now, **values}, values)
+            )
+
+        return self._with_text(job_id, upsert)
 
     def fail_pending(self, job_id: str, error: str) -> bool:
         """FAILED with the error, only while the row is still PENDING: what intake does for an
         event it refused. A RUNNING row has a run (live, or dead and the reconciler's to fail);
         a row that ended is never rewritten. False when no PENDING row has this id."""
-        values = {"status": SyncJobStatus.FAILED, "completedAt": utcnow(), "error": truncate_error(error)}
-        return self._update(job_id, values, sync_job.c.status == SyncJobStatus.PENDING)
+        now = utcnow()
+
+        def write(clean: Clean) -> bool:
+            error_text = truncate_error(clean(error))
+            values = {"status": SyncJobStatus.FAILED, "completedAt": now, "error": error_text}
+            return self._update(job_id, values, sync_job.c.status == SyncJobStatus.PENDING)
+
+        try:  # not a transition (intake answers at once): no retry, but the same plain fallback
+            return write(safe_text)
+        except CONTENT_REFUSED:
+            return write(plain_text)
 
     def create_pending(self, job_id: str, script: str) -> None:
         """What the admin's POST /api/admin/syncs inserts before sending the event."""

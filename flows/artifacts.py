@@ -30,6 +30,7 @@ from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from deployments.plans import Plan
+from deployments.safe_text import safe_text
 from deployments.ui import PROGRESS, STEPS, SUMMARY, artifact_key
 from flows import run_summary
 from flows.progress import ProgressReport
@@ -108,12 +109,15 @@ class ArtifactWriter:
 
     def progress(self, key: str, percent: float, description: str) -> None:
         with self._cond:
-            self._progress = (key, percent, description)
+            self._progress = (key, percent, safe_text(description))
             self._cond.notify_all()
 
     def create(self, kind: str, key: str, description: str, data: Any) -> None:
+        """`description`, and `data` when it is text (markdown, a table's JSON), go out as safe
+        text: they carry steps' errors, so scripts' output."""
+        data = safe_text(data) if isinstance(data, str) else data
         with self._cond:
-            self._created.append((kind, key, description, data))
+            self._created.append((kind, key, safe_text(description), data))
             self._cond.notify_all()
 
     def finish(self) -> None:

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
 from deployments.plans import Plan, PlannedStep
+from deployments.safe_text import safe_text
 from deployments.specs import script_limit_name
 from deployments.syncjob import SyncJobRepository, job_id_for_flow_run
 from flows import artifacts, early_slot
@@ -91,12 +92,13 @@ def run_steps(
 
 def on_step_failure(plan: Plan, step: PlannedStep, job: str, exc: Exception, logger: Logger) -> StepResult:
     """Alert for a critical script; stop the run, or (continue-on-failure) record and go on."""
+    error = safe_text(str(exc))  # a step's error carries its script's output
     if step.critical:
-        alert_failure(step.script, job, str(flow_run.id), str(exc))
+        alert_failure(step.script, job, str(flow_run.id), error)
     if not plan.continue_on_failure:
         raise exc
-    logger.error("step %s failed, going on: %s", step.name, exc)
-    return StepResult.failed(step.name, step.script, str(exc))
+    logger.error("step %s failed, going on: %s", step.name, error)
+    return StepResult.failed(step.name, step.script, error)
 
 
 def finish(plan: Plan, job: str, results: list[StepResult], repository: SyncJobRepository) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
 
 from deployments.catalog import get_catalog
+from deployments.safe_text import safe_text
 from deployments.specs import is_critical, row_script_for
 from deployments.syncjob import job_id_for_flow_run, syncjob_repository
 from flows.alerts import alert_failure
@@ -28,7 +29,7 @@ _EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*: ")
 
 
 def failure_message(state: State[Any]) -> str:
-    message = (state.message or "").strip()
+    message = safe_text(state.message or "").strip()  # it may carry a script's output
     if state.is_cancelled() or state.name in ("Cancelling", "Cancelled"):
         return "Annulé : le run Prefect a été annulé." + (f" {message}" if message else "")
     if state.is_crashed():

@@ -3,7 +3,8 @@
 Text and rows from the plan, the step results and how the run ended, so it is tested without
 Prefect. `results[i]` is the result of `plan.steps[i]` (run_steps records one per step, in
 order); a run that stopped has fewer results than steps, and `stopped_at` says which step stopped
-it, when a step did.
+it, when a step did. Errors carry a script's output: whatever of them is shown is safe text
+(`deployments.safe_text`), cut with a marker.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 from deployments.plans import Plan, PlannedStep
+from deployments.safe_text import safe_text
 from flows.progress import ProgressReport
 from flows.step_results import ERROR_CHARS, StepResult
 
@@ -22,8 +24,8 @@ COLUMNS = ("step", "script", "status", "exit code", "duration (s)", "attempts", 
 
 
 def first_line(text: str, limit: int = DETAIL_CHARS) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    text = safe_text(text).strip()
+    return safe_text(text.splitlines()[0] if text else "", limit)
 
 
 def step_label(plan: Plan, index: int) -> str:
@@ -154,11 +156,12 @@ def failures_markdown(
 
 def _why(error: BaseException | None, whole: bool = False) -> str:
     text = (str(error) or type(error).__name__) if error is not None else ""
-    return text[:ERROR_CHARS] if whole else first_line(text)
+    return safe_text(text, ERROR_CHARS) if whole else first_line(text)
 
 
 def _fenced(text: str, indent: str) -> list[str]:
     """`text` as a code block that nothing inside can close (scripts' output is not trusted)."""
+    text = safe_text(text)
     fence = "`" * max(3, _longest_backtick_run(text) + 1)
     body = [f"{indent}{line}" for line in text.splitlines() or [""]]
     return [f"{indent}{fence}", *body, f"{indent}{fence}"]

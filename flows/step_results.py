@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from deployments.safe_text import safe_text
+
 StepStatus = Literal["succeeded", "failed", "skipped"]
-ERROR_CHARS = 500  # a step's error inside `result`; the row's `error` column has the full text
+ERROR_CHARS = 500  # a step's error inside `result` (safe text); the row's `error` column has the full text
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class StepResult:
 
     @classmethod
     def failed(cls, name: str, script: str, error: str) -> StepResult:
-        return cls(name, script, "failed", error=error[:ERROR_CHARS])
+        return cls(name, script, "failed", error=safe_text(error, ERROR_CHARS))
 
     @classmethod
     def skipped(cls, name: str, script: str, reason: str) -> StepResult:

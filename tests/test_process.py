@@ -365,3 +365,38 @@ def test_a_sigterm_during_cleanup_is_held_until_it_is_done() -> None:
         assert received == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+FLOOD_FOREVER = (
+    "import sys\nwhile True:\n    sys.stdout.write('flood ' * 20 + '\\n')\n    sys.stderr.write('err\\n')\n"
+)
+
+
+def readers_left() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("script-") and t.is_alive()]
+
+
+def test_a_flood_cut_short_by_its_timeout_leaves_no_reader_waiting() -> None:
+    # the readers fill their bounded queue and wait for room; once the loop stops they drop lines
+    _, on_line = collect()
+    started = time.monotonic()
+    outcome = run_process(script(FLOOD_FOREVER), timeout_seconds=2, on_line=on_line, kill_grace_seconds=1)
+    assert outcome.timed_out and outcome.tail
+    assert readers_left() == [] and time.monotonic() - started < 2 + 1.5  # no wait for a reader
+
+
+def test_a_flood_cut_short_by_a_cancel_leaves_no_reader_waiting() -> None:
+    seen = []
+
+    def cancel_after_some(stream: str, line: str) -> None:
+        seen.append(line)
+        if len(seen) == 5000:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        run_process(
+            script(FLOOD_FOREVER), timeout_seconds=30, on_line=cancel_after_some, kill_grace_seconds=1
+        )
+    assert readers_left() == []

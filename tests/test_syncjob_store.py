@@ -162,3 +162,67 @@ def test_truncation_keeps_the_first_line_and_the_last_lines():
     cut = truncate_error(message)
     assert len(cut) == ERROR_MAX_CHARS
     assert cut.startswith("step x (y) failed: exit code 1\n[…]\n") and cut.endswith("line 999")
+
+
+# --- text from outside: what PostgreSQL refuses, written anyway --------------------------------
+def test_an_error_with_a_nul_ends_the_row_escaped(syncjobs):
+    # PostgreSQL text refuses NUL: before, DataError and a row that never ended
+    assert syncjobs.mark_failed("cnul000000000000000000001", "boom \x00", script="s")
+    row = raw_row(syncjobs, "cnul000000000000000000001")
+    assert row["status"] == "FAILED" and row["error"] == "boom \\x00"
+
+
+def test_every_byte_and_lone_surrogates_are_stored_in_error_and_result(syncjobs):
+    nasty = bytes(range(256)).decode("latin-1") + " \ud800 \udcff \x1b[31mred\x1b[0m é🎉中"
+    insert_pending(syncjobs, "cbytes0000000000000000001", "alpha")
+    result = {"steps": [{"name": "a", "status": "failed", "error": nasty}], "k\x00": nasty}
+    assert syncjobs.mark_failed("cbytes0000000000000000001", nasty, result=result)
+    row = raw_row(syncjobs, "cbytes0000000000000000001")
+    assert "\x00" not in row["error"] and row["error"].endswith("\\ud800 \\xff red é🎉中")
+    assert row["result"]["steps"][0]["error"] == row["error"] and "k\\x00" in row["result"]
+    # jsonb refuses \u0000 too: a completed run's result with output in it
+    assert syncjobs.mark_completed("cbytes0000000000000000001", {"note": "\x00 done"})
+    assert raw_row(syncjobs, "cbytes0000000000000000001")["result"] == {"note": "\\x00 done"}
+
+
+@pytest.fixture
+def latin1_syncjobs(pg_url):
+    """The SyncJob table in a LATIN1 database, where PostgreSQL refuses what LATIN1 cannot hold:
+    the driver, speaking the database's encoding, refuses it first (UnicodeEncodeError); with
+    client_encoding=utf8 the server does (DataError)."""
+    from pathlib import Path
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from support.pg_cluster import apply_sql
+
+    url = make_url(pg_url)
+    with psycopg.connect(
+        host=url.host, port=url.port, user=url.username, dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute("DROP DATABASE IF EXISTS latin1")
+        conn.execute(
+            "CREATE DATABASE latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        )
+    latin1 = url.set(database="latin1").render_as_string(hide_password=False)
+    apply_sql(latin1, Path(__file__).parent / "sql" / "syncjob.sql")
+    engines = [sa.create_engine(sqlalchemy_url(latin1) + query) for query in ("", "?client_encoding=utf8")]
+    yield [SyncJobRepository(engine, retry_seconds=5) for engine in engines]
+    for engine in engines:
+        engine.dispose()
+
+
+def test_a_text_the_database_still_refuses_is_written_again_as_plain_ascii(latin1_syncjobs, caplog):
+    for n, repository in enumerate(latin1_syncjobs):
+        job_id = f"clatin{n:019d}"
+        assert repository.mark_failed(job_id, "élu 🎉 \x00 中", script="sync-press")
+        row = repository.get(job_id)
+        assert row["status"] == "FAILED" and row["error"] == "\\xe9lu \\U0001f389 \\x00 \\u4e2d"
+        assert repository.mark_completed(job_id, {"steps": [{"error": "🎉"}]})
+        assert repository.get(job_id)["result"] == {"steps": [{"error": "\\U0001f389"}]}
+        insert_pending(repository, f"cpend{n:020d}", "sync-press")
+        assert repository.fail_pending(f"cpend{n:020d}", "refusé 🎉")
+        assert repository.get(f"cpend{n:020d}")["error"] == "refus\\xe9 \\U0001f389"
+    assert "writing it again as plain ASCII" in caplog.text
+    assert "has no equivalent in encoding" in caplog.text  # the server refused, on the second

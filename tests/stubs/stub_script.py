@@ -6,11 +6,16 @@ Reads its behaviour from $STUB_DIR/<script-id>.json (all keys optional):
     {"sleep": 0.2, "fail_times": 0, "exit_code": 1, "progress": [[1, 4], [4, 4]],
      "grandchild": false, "ignore_term": false, "stderr": "boom",
      "detached": false, "daemon": false, "exec": ["npx", "tsx", "x.ts"], "cwd": "/dir",
-     "until": "/path/of/a/gate"}
+     "until": "/path/of/a/gate", "huge_line": {"stream": "stdout", "bytes": 314572800},
+     "flood": {"stream": "stdout", "lines": 400000}, "raw_stdout": "<base64>", "raw_stderr": "<base64>"}
 grandchild: a child in its group; detached: a child in its own session (setsid, as Node's
 `detached: true`); daemon: a double-forked daemon (re-parented, own session); exec: after the
 start line (and the children), the stub becomes that command, run in `cwd`; until: after its
 sleep, wait (at most 5 min) for that file to exist, so a test decides when it ends.
+Hostile output, written after that wait and before the failure's stderr line: huge_line, that many
+bytes of "x" with no newline (written 1 MiB at a time); flood, that many short lines
+(`flood line <i>`) as fast as the pipe takes them; raw_stdout / raw_stderr, those bytes (base64
+in the JSON: NUL, invalid UTF-8, ANSI escape sequences) as they are. Each goes to its stream.
 and appends one JSON line per invocation to $STUB_DIR/calls.jsonl:
     {"script", "flags", "pid", "start", "end", "exit"}  (an "end" line is written on exit;
      a run killed on timeout has only its start line).
@@ -19,6 +24,7 @@ Grandchild, detached and daemon pids go to $STUB_DIR/<script-id>.pids, one per l
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -78,6 +84,29 @@ def grandparent() -> int | None:
     return int(stat[stat.rfind(")") + 2 :].split()[1])
 
 
+def hostile_output(spec: dict) -> None:
+    """The behaviours a sync script's output may have: one huge line, a flood, raw bytes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    streams = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    if huge := spec.get("huge_line"):
+        out, left = streams[huge.get("stream", "stdout")], int(huge["bytes"])
+        block = b"x" * (1 << 20)
+        while left > 0:
+            out.write(block[: min(left, len(block))])
+            left -= len(block)
+        out.flush()
+    if flood := spec.get("flood"):
+        out, count = streams[flood.get("stream", "stdout")], int(flood["lines"])
+        for start in range(0, count, 10_000):  # 10,000 lines per write: as fast as the pipe goes
+            out.write(b"".join(b"flood line %d\n" % i for i in range(start, min(start + 10_000, count))))
+        out.flush()
+    for name in ("stdout", "stderr"):
+        if raw := spec.get(f"raw_{name}"):
+            streams[name].write(base64.b64decode(raw))
+            streams[name].flush()
+
+
 def main() -> int:
     script, flags = sys.argv[1], sys.argv[2:]
     stub_dir = Path(os.environ["STUB_DIR"])
@@ -119,6 +148,7 @@ def main() -> int:
         deadline = time.monotonic() + 300
         while not Path(gate).exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+    hostile_output(spec)
     failing = attempt <= int(spec.get("fail_times", 0))
     code = int(spec.get("exit_code", 1)) if failing else 0
     if failing:
