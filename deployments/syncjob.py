@@ -164,9 +164,21 @@ def not_cancelled() -> sa.ColumnElement[bool]:
 ACTIVE = (SyncJobStatus.PENDING, SyncJobStatus.RUNNING)
 
 
+# The database cannot take this write now, whatever the write: the same SQLSTATEs as the shim's
+# (shim/db_errors.py). Read-only (a standby after a failover, maintenance), the server shutting
+# down, crashed, starting or recovering, connection errors, out of connections or resources, and
+# a transaction rolled back by a serialization failure or a deadlock (run again as it was).
+OUTAGE_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03", "40001", "40P01"})
+OUTAGE_SQLSTATE_CLASSES = frozenset({"08", "53"})
+
+
 def is_transient(exc: BaseException) -> bool:
-    """A database error worth retrying: the connection, not the statement, went wrong."""
+    """A database error worth retrying: the connection went wrong, or the database cannot take
+    writes for now (by SQLSTATE), not the statement."""
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None) or getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and (state in OUTAGE_SQLSTATES or state[:2] in OUTAGE_SQLSTATE_CLASSES):
         return True
     # OperationalError: refused, reset, "terminating connection due to administrator command",
     # SQLite's "database is locked"; TimeoutError: no pooled connection came free in time

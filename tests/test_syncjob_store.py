@@ -226,3 +226,36 @@ def test_a_text_the_database_still_refuses_is_written_again_as_plain_ascii(latin
         assert repository.get(f"cpend{n:020d}")["error"] == "refus\\xe9 \\U0001f389"
     assert "writing it again as plain ASCII" in caplog.text
     assert "has no equivalent in encoding" in caplog.text  # the server refused, on the second
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "ReadOnlySqlTransaction",  # 25006: connections on a standby after a failover
+        "AdminShutdown",  # 57P01
+        "CrashShutdown",  # 57P02
+        "CannotConnectNow",  # 57P03: starting, in recovery
+        "TooManyConnections",  # 53300
+        "DiskFull",  # 53100
+        "SerializationFailure",  # 40001
+        "DeadlockDetected",  # 40P01
+    ],
+)
+def test_a_database_that_cannot_take_writes_now_is_waited_out_like_a_lost_connection(error):
+    import psycopg.errors
+    import sqlalchemy as sa
+
+    from deployments.syncjob import is_transient
+
+    orig = getattr(psycopg.errors, error)("refused")
+    assert is_transient(sa.exc.InternalError("UPDATE", {}, orig))
+
+
+def test_a_statement_the_database_refuses_for_itself_is_not_waited_out():
+    import psycopg.errors
+    import sqlalchemy as sa
+
+    from deployments.syncjob import is_transient
+
+    for orig in (psycopg.errors.UniqueViolation("dup"), psycopg.errors.RaiseException("trigger says no")):
+        assert not is_transient(sa.exc.IntegrityError("UPDATE", {}, orig))
