@@ -30,6 +30,7 @@ from support.pg_cluster import PostgresCluster, apply_sql  # noqa: E402
 from support.polling import wait_for  # noqa: E402
 from support.ports import free_port  # noqa: E402,F401 (the benchmarks' ports)
 from support.prefect_server import server_command  # noqa: E402
+from support.prefect_server import worker_command as support_worker_command  # noqa: E402
 from support.processes import stop_process_group  # noqa: E402
 
 T = TypeVar("T")
@@ -226,25 +227,26 @@ def wait_quiet(pid: int, below: float = 0.15, quiet_samples: int = 3, timeout: f
     """Seconds until the process tree of `pid` used under `below` of a core for `quiet_samples`
     half-seconds in a row (a Prefect server still digesting the previous round's runs and
     events would slow whichever side comes next). Gives up after `timeout`."""
-    root = psutil.Process(pid)
     started = time.monotonic()
     quiet = 0
-
-    def cpu_seconds() -> float:
-        total = 0.0
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.NoSuchProcess:
-                continue
-        return total
-
     while quiet < quiet_samples and time.monotonic() - started < timeout:
-        before = cpu_seconds()
+        before = tree_cpu_seconds(pid)
         time.sleep(0.5)  # a sampling period, not a synchronisation
-        quiet = quiet + 1 if (cpu_seconds() - before) / 0.5 < below else 0
+        quiet = quiet + 1 if (tree_cpu_seconds(pid) - before) / 0.5 < below else 0
     return time.monotonic() - started
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its live descendants."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def _dead(proc: subprocess.Popen[bytes], log: Path) -> bool:
@@ -271,22 +273,7 @@ WORKER_NAME = "bench"
 
 def worker_command(name: str = WORKER_NAME) -> list[str]:
     """The local stack's (and a production machine's) worker of the poligraph pool."""
-    return [
-        sys.executable,
-        "-m",
-        "prefect",
-        "worker",
-        "start",
-        "--pool",
-        "poligraph",
-        "--type",
-        "poligraph",
-    ] + [
-        "--name",
-        name,
-        "--limit",
-        "4",
-    ]
+    return support_worker_command(name)
 
 
 def worker_online(api_url: str, name: str, since: float) -> bool:

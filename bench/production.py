@@ -33,7 +33,6 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import psutil
 import sqlalchemy as sa
 
 from bench.flow_start import read_run, run_by_tag, states
@@ -56,6 +55,7 @@ from bench.harness import (
     shim,
     spawn,
     stop,
+    tree_cpu_seconds,
     wait_quiet,
     wait_until,
     worker_command,
@@ -295,23 +295,11 @@ def p3_figure(runs: int, pg_url: str, stack: Production, shims: list[str]) -> Fi
 
 def server_cpu(pid: int, seconds: float) -> Series:
     """% of one core the server's process tree used, in 5 s samples over `seconds`."""
-    root = psutil.Process(pid)
-
-    def total() -> float:
-        spent = 0.0
-        for proc in [root, *root.children(recursive=True)]:
-            try:
-                times = proc.cpu_times()
-                spent += times.user + times.system
-            except psutil.NoSuchProcess:
-                continue
-        return spent
-
     samples = Series()
     for _ in range(max(1, int(seconds / 5))):
-        before, at = total(), time.monotonic()
+        before, at = tree_cpu_seconds(pid), time.monotonic()
         time.sleep(5)  # a sampling period, not a synchronisation
-        samples.add(100 * (total() - before) / (time.monotonic() - at))
+        samples.add(100 * (tree_cpu_seconds(pid) - before) / (time.monotonic() - at))
     return samples
 
 

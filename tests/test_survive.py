@@ -160,28 +160,13 @@ def test_a_database_outage_fails_no_run(served, app_db, rows, stubs):
     assert "step broken (broken) failed" in broken["error"] and "upstream 503" in broken["error"]
 
 
-def read_only(cluster, on: bool) -> None:
-    """Every session of the app's database read-only (or not again) from its next transaction,
-    its connections kept: what a run meets when its pool's connections now land on a standby."""
-    import psycopg
-
-    from support.pg_cluster import SUPERUSER
-
-    with psycopg.connect(
-        host="127.0.0.1", port=cluster.port, user=SUPERUSER, dbname="postgres", autocommit=True
-    ) as conn:
-        conn.execute("SET default_transaction_read_only = off")
-        conn.execute(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
-        conn.execute("SELECT pg_reload_conf()")
-
-
 def test_a_database_that_cannot_take_writes_for_a_while_fails_no_run(served, app_db, rows, stubs):
     """Read-only (SQLSTATE 25006) is an outage like a lost connection: the run's SyncJob writes
     wait it out, and the row ends right once the database takes writes again."""
     stubs.configure("gamma", sleep=2)
     job = "creadonlyrun0000000000001"
     insert_pending(rows, job, "gamma")
-    read_only(app_db, True)
+    app_db.read_only(True)
     try:
         run = create_run("sync-script/gamma", job_id=job)
         wait_for(
@@ -189,7 +174,7 @@ def test_a_database_that_cannot_take_writes_for_a_while_fails_no_run(served, app
         )
         time.sleep(8)  # the read-only spell itself, not a wait for something
     finally:
-        read_only(app_db, False)
+        app_db.read_only(False)
     assert wait_final(run, timeout=180).is_completed()
     row = final_row(rows, job)
     assert row["status"] == "COMPLETED" and row["error"] is None

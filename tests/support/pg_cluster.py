@@ -192,6 +192,21 @@ class PostgresCluster:
         ) as conn:
             conn.execute(f'CREATE DATABASE "{DB_NAME}"'.encode())
 
+    def read_only(self, on: bool, cut_clients: bool = False) -> None:
+        """Every session read-only (or not again) from its next transaction (ALTER SYSTEM and a
+        reload reach sessions already open); `cut_clients` also ends them, as a failover does
+        (57P01, then new connections land read-only)."""
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True
+        ) as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
+            conn.execute("SELECT pg_reload_conf()")
+            if on and cut_clients:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (DB_NAME,)
+                )
+
     def stop(self, mode: str = "fast") -> None:
         """`pg_ctl stop -m <mode>`: fast disconnects every client (admin shutdown), as a restart does."""
         if self.server is not None:
