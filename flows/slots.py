@@ -47,15 +47,16 @@ class SlotHeld(Exception):
         self.wait = wait
 
 
-class PrefectBusy(Exception):
-    """429/503 (a Prefect on SQLite says 503 when its database is locked): try again soon."""
+class SlotServerBusy(Exception):
+    """The Prefect server answered a slot call 429/503 (on SQLite: its database locked): try again
+    soon. (Not the shim's `PrefectBusy`, which its dispatcher hands to a shared backoff.)"""
 
 
 class SlotLimitMissing(RuntimeError):
     """No such global concurrency limit: never run a script unprotected."""
 
 
-TRANSIENT = (httpx.TransportError, PrefectBusy)
+TRANSIENT = (httpx.TransportError, SlotServerBusy)
 RETRIED = (*TRANSIENT, SlotHeld)
 
 
@@ -124,7 +125,7 @@ class SlotApi:
         if response.status_code == 423:
             raise SlotHeld(retry_after_seconds(response.headers.get("Retry-After")))
         if response.status_code in (429, 503):
-            raise PrefectBusy(f"HTTP {response.status_code}")
+            raise SlotServerBusy(f"HTTP {response.status_code}")
         response.raise_for_status()
         return response
 
