@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -105,12 +106,16 @@ def slow_clients(port: int, count: int, trickling: int, body: int) -> Any:
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     stats: dict[str, Any] = {}
+    deadline = time.monotonic() + 120
     for line in proc.stdout:  # one line a second; wait until all are open
         stats = json.loads(line)
         if stats["open"] >= count:
             break
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the slow connections did not all open: {stats}")
     else:
-        raise RuntimeError("the slow clients' driver ended")
+        raise RuntimeError(f"the slow clients' driver ended: {stats}")
     last: dict[str, Any] = {}
 
     def follow() -> None:
@@ -124,7 +129,11 @@ def slow_clients(port: int, count: int, trickling: int, body: int) -> Any:
         yield last
     finally:
         proc.terminate()
-        proc.wait(20)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         reader.join(5)
 
 
@@ -149,7 +158,9 @@ def drive(port: int, count: int, trickling: int, body: int) -> None:
             print(json.dumps(line), flush=True)
 
     threading.Thread(target=report, daemon=True).start()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # stopped from outside: at once, the kernel closes the sockets (SystemExit raised inside the
+    # event loop would not stop it)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     clients.run_forever()
 
 

@@ -11,6 +11,7 @@ that is what the SDKs read. Only an outage of the shim's own database gets a 5xx
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -31,6 +32,7 @@ from shim.logs import AccessLog
 from shim.mapping import FAIL_JOB
 from shim.metrics import ShimMetrics
 from shim.outbox import PENDING, EventBatch, EventOutbox, Recorded, open_outbox
+from shim.retention import Purge
 from shim.settings import ShimSettings, get_shim_settings
 from shim.wire import (
     SEED_HEADER,
@@ -83,10 +85,14 @@ def create_app(
         app.state.intake = Intake(
             app.state.committer, catalog_of, metrics, announcer, settings.intake_threads
         )
+        # finished events and expired keys leave the outbox (shim.retention), beside the dispatcher
+        purge = app.state.purge = Purge(app.state.outbox, settings, metrics)
         if run_dispatcher:
             dispatcher.start()
+            purge.start()
         yield
         await app.state.committer.aclose()
+        await asyncio.to_thread(purge.stop)
         dispatcher.stop()
 
     app = FastAPI(title="poligraph-jobs Inngest shim", lifespan=lifespan, openapi_url=None)

@@ -117,6 +117,15 @@ class ShimMetrics:
             ["result"],
             registry=r,
         )
+        self.purged = Counter(
+            f"{PREFIX}_purged",
+            "Rows deleted by retention, by table: inngest_event (finished events older than "
+            "POLIGRAPH_SHIM_RETENTION_DAYS), inngest_dedupe (expired dedupe keys)",
+            ["table"],
+            registry=r,
+        )
+        for table in ("inngest_event", "inngest_dedupe"):
+            self.purged.labels(table)
         for outcome in ("accepted", "duplicate"):
             self.events.labels(outcome, "")
         for reason in ("no_handler", "bad_job_id", "bad_data"):

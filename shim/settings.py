@@ -124,6 +124,19 @@ class ShimSettings(BaseSettings):
         default=2, ge=1, description="Requests parsed and stored at once (each holds its events)."
     )
 
+    # Retention (shim/retention.py): what is done leaves the outbox, a pending event never does.
+    retention_days: float = Field(
+        default=7,
+        gt=0,
+        description="Days a finished event (run created, duplicate, refused) stays in the outbox.",
+    )
+    purge_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often the shim looks for finished events and expired keys."
+    )
+    purge_batch_size: int = Field(
+        default=1000, ge=1, description="Rows deleted per purge transaction (small: intake never waits)."
+    )
+
     @property
     def head_deadline_seconds(self) -> float:
         """The head's deadline in effect: never longer than the body's."""

@@ -1,4 +1,5 @@
-"""The shim's own tables: every accepted event, and the 24-hour dedupe keys.
+"""The shim's own tables: every accepted event, and the 24-hour dedupe keys. Finished events
+and expired keys are deleted after a while (shim/retention.py); pending events never are.
 
 On PostgreSQL they live in their own schema (never `public`, which Prisma owns and
 `prisma db push` prunes); on the embedded default, in a SQLite file. Alembic migrations in
@@ -42,6 +43,13 @@ inngest_event = sa.Table(
         postgresql_where=sa.text("status = 'pending'"),
         sqlite_where=sa.text("status = 'pending'"),
     ),
+    # finished events by when they finished (the purge: shim/retention.py)
+    sa.Index(
+        "ix_inngest_event_finished",
+        "done_at",
+        postgresql_where=sa.text("status <> 'pending'"),
+        sqlite_where=sa.text("status <> 'pending'"),
+    ),
 )
 
 inngest_dedupe = sa.Table(
@@ -49,5 +57,5 @@ inngest_dedupe = sa.Table(
     metadata,
     sa.Column("key", sa.Text, primary_key=True),
     sa.Column("event_pk", sa.String(32), nullable=False),
-    sa.Column("expires_at", sa.DateTime, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=False, index=True),  # the purge of expired keys
 )
