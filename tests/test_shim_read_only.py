@@ -15,7 +15,6 @@ import uuid
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from prefect.client.orchestration import get_client
 
@@ -23,7 +22,7 @@ from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from shim.outbox import open_outbox
 from shim.settings import ShimSettings
-from support.pg_cluster import DB_NAME, SUPERUSER, PostgresCluster
+from support.pg_cluster import PostgresCluster
 from support.polling import run_async, wait_for
 from support.prefect_server import apply_catalog_deployments, delete_scheduled_runs
 from support.shim import running_shim
@@ -40,22 +39,6 @@ def cluster():
         yield cluster
     finally:
         cluster.remove()
-
-
-def read_only(cluster: PostgresCluster, on: bool) -> None:
-    """Every session of the cluster read-only (or not) from its next statement; turning it on
-    also cuts the clients off, as a failover does (57P01, then new connections land read-only)."""
-    with psycopg.connect(
-        host="127.0.0.1", port=cluster.port, user=SUPERUSER, dbname="postgres", autocommit=True
-    ) as conn:
-        conn.execute("SET default_transaction_read_only = off")
-        conn.execute(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}")
-        conn.execute("SELECT pg_reload_conf()")
-        if on:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                (DB_NAME,),
-            )
 
 
 class Sender:
@@ -134,10 +117,10 @@ def test_a_read_only_outbox_means_503s_meanwhile_and_no_acknowledged_event_lost(
             Sender(url) as sender,
         ):
             wait_for(lambda: sender.statuses().count(200) >= 10, timeout=30, what="sends before")
-            read_only(cluster, True)
+            cluster.read_only(True, cut_clients=True)
             before = len(sender.replies)
             wait_for(lambda: sender.statuses()[before:].count(503) >= 40, timeout=30, what="503s")
-            read_only(cluster, False)
+            cluster.read_only(False)
             back = len(sender.replies)
             wait_for(lambda: sender.statuses()[back:].count(200) >= 10, timeout=30, what="sends after")
         wait_for(lambda: outbox.pending_count() == 0, timeout=120, what="every event dispatched")
@@ -149,7 +132,7 @@ def test_a_read_only_outbox_means_503s_meanwhile_and_no_acknowledged_event_lost(
 
         found = run_async(runs())
     finally:
-        read_only(cluster, False)
+        cluster.read_only(False)
         delete_scheduled_runs()  # no later test's worker may pick them up
 
     statuses = sender.statuses()
