@@ -82,17 +82,10 @@ def _stamp(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
-def _env(values: dict[str, str], name: str, extra: dict[str, str]) -> dict[str, str]:
-    import os
-
-    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
-    return {**base, **step(name).environment(values), **extra}
-
-
 def _run_step(name: str, values: dict[str, str], cwd: Path, extra: dict[str, str] | None = None) -> None:
     for argv in step(name).argv(values):
         done = subprocess.run(
-            argv, env=_env(values, name, extra or {}), cwd=cwd, capture_output=True, text=True
+            argv, env=step(name).process_env(values, extra), cwd=cwd, capture_output=True, text=True
         )
         if done.returncode != 0:
             raise RuntimeError(f"{name}: {argv} exited {done.returncode}: {done.stderr[-3000:]}")
@@ -102,7 +95,7 @@ def _start_step(
     name: str, values: dict[str, str], cwd: Path, log: Path, extra: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     (argv,) = step(name).argv(values)
-    return spawn(argv, _env(values, name, extra or {}), log, cwd)
+    return spawn(argv, step(name).process_env(values, extra), log, cwd)
 
 
 @dataclass

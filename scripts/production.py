@@ -12,6 +12,7 @@ never given to a shell).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -64,6 +65,12 @@ class Step:
 
     def environment(self, values: dict[str, str]) -> dict[str, str]:
         return {name: value.format(**values) for name, value in self.env.items()}
+
+    def process_env(self, values: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
+        """The whole environment of the step's process, as a service manager gives it: what any
+        login has (PATH, HOME, LANG, TMPDIR), then the step's own, then `extra`."""
+        base = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ}
+        return {**base, **self.environment(values), **(extra or {})}
 
 
 WORKER = Step(

@@ -43,11 +43,6 @@ PROD = STATE / "production"
 OUTSIDE = PROD / "cwd"  # no process runs in the checkout: what they import is the installed package
 
 
-def base_env() -> dict[str, str]:
-    """What a service manager gives a process before its unit's own environment."""
-    return {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ}
-
-
 def stub_env(venv: Path) -> dict[str, str]:
     """The one thing a real machine does not have: stub scripts instead of `npx tsx`."""
     return {
@@ -65,7 +60,7 @@ def run_step(
     for argv in s.argv(values):
         done = subprocess.run(
             argv,
-            env={**base_env(), **s.environment(values), **(extra or {})},
+            env=s.process_env(values, extra),
             cwd=OUTSIDE,
             capture_output=True,
             text=True,
@@ -84,7 +79,7 @@ def start_step(
     (argv,) = s.argv(values)
     return subprocess.Popen(
         argv,
-        env={**base_env(), **s.environment(values), **(extra or {})},
+        env=s.process_env(values, extra),
         cwd=OUTSIDE,
         stdout=(PROD / log).open("ab"),
         stderr=subprocess.STDOUT,
