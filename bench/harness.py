@@ -191,7 +191,7 @@ def create_database(pg_url: str, name: str) -> str:
 
 
 @dataclass
-class PrefectServer:
+class BenchPrefectServer:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
@@ -200,7 +200,7 @@ class PrefectServer:
 @contextmanager
 def prefect_server(
     home: Path, database_url: str | None = None, extra: dict[str, str] | None = None
-) -> Iterator[PrefectServer]:
+) -> Iterator[BenchPrefectServer]:
     """`prefect server start` with the local stack's server environment (scripts/prefect_settings)."""
     port = free_port()
     env = base_env(home)
@@ -218,7 +218,7 @@ def prefect_server(
         wait_until(
             lambda: proc.poll() is None and answers(f"{url}/health") or _dead(proc, log), 120, "Prefect"
         )
-        yield PrefectServer(url, proc, log)
+        yield BenchPrefectServer(url, proc, log)
     finally:
         stop(proc, 30)
 

@@ -3,7 +3,7 @@
     sync_script, sync_group   the flows                execution   one run and its SyncJob row
     steps, step_results       one step (a task)        script_runner, process_tree   processes
     progress, progress_tracker, progress_writer   PROGRESS lines -> row (in the background)
-    hooks, missed, liveness, alerts
+    hooks, missed, run_files, alerts
 
 See docs/architecture.md for the layers and who owns what.
 """

@@ -21,8 +21,8 @@ from deployments.specs import script_limit_name
 from deployments.syncjob import SyncJobRepository, job_id_for_flow_run
 from flows import artifacts, early_slot
 from flows.alerts import alert_failure
-from flows.liveness import register
 from flows.progress_writer import run_repository
+from flows.run_files import register
 from flows.step_results import StepResult, summarize
 from flows.steps import StepFailed, configured
 

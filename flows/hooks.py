@@ -21,7 +21,7 @@ from deployments.specs import is_critical, row_script_for
 from deployments.syncjob import job_id_for_flow_run, syncjob_repository
 from flows.alerts import alert_failure
 from flows.artifacts import flush_artifacts
-from flows.liveness import unregister
+from flows.run_files import unregister
 
 log = logging.getLogger(__name__)
 _EXCEPTION_PREFIX = "Flow run encountered an exception:"

@@ -31,11 +31,11 @@ from deployments.plans import PlannedStep
 from deployments.settings import Settings, get_settings
 from deployments.specs import script_limit_name
 from flows import early_slot
-from flows.liveness import note_script_group
 from flows.process_tree import RUN_TAG
 from flows.progress import parse_progress
 from flows.progress_tracker import ProgressTracker
 from flows.progress_writer import run_repository
+from flows.run_files import note_script_group
 from flows.script_runner import ProcessOutcome, run_process, shorten
 from flows.slots import held_slot
 from flows.step_results import StepResult

@@ -51,7 +51,7 @@ API_URL = "http://{prefect_host}:{prefect_port}/api"
 
 
 @dataclass(frozen=True)
-class Step:
+class ProductionStep:
     name: str
     where: str  # the README's comment: which host, when, and why
     commands: tuple[str, ...]
@@ -73,7 +73,7 @@ class Step:
         return {**base, **self.environment(values), **(extra or {})}
 
 
-WORKER = Step(
+WORKER = ProductionStep(
     name="worker",
     where="each worker machine: one command (runs, started as forks; its reconciler beside it)",
     commands=(
@@ -97,20 +97,20 @@ WORKER = Step(
 )
 
 STEPS = (
-    Step(
+    ProductionStep(
         name="install",
         where="every host (Python 3.11+), from a checkout of this repository; again to upgrade",
         # a virtualenv of its own, the locked versions (requirements.lock): what the tests passed with
         commands=("python3 {checkout}/scripts/install.py {venv}",),
     ),
-    Step(
+    ProductionStep(
         name="prefect-database",
         where="once, anywhere: the Prefect server's own PostgreSQL database (its role needs CREATEDB)",
         commands=("{venv}/bin/python -m scripts.prefect_database",),
         env={"PREFECT_SERVER_DATABASE_CONNECTION_URL": "{prefect_database_url}"},
         secrets=("PREFECT_SERVER_DATABASE_CONNECTION_URL",),
     ),
-    Step(
+    ProductionStep(
         name="prefect-server",
         where="the Prefect host: UI and API (keep PREFECT_HOME: slot leases live there)",
         commands=("{venv}/bin/prefect server start --host 0.0.0.0 --port {prefect_port}",),
@@ -128,14 +128,14 @@ STEPS = (
         secrets=("PREFECT_SERVER_DATABASE_CONNECTION_URL",),
         unit="prefect-server",
     ),
-    Step(
+    ProductionStep(
         name="setup",
         where="once the server answers, and after every catalog change (safe to repeat)",
         commands=("{venv}/bin/python -m scripts.setup --deploy",),
         env={"PREFECT_API_URL": API_URL, "POLIGRAPH_RESULT_STORAGE": "{result_storage}"},
     ),
     WORKER,
-    Step(
+    ProductionStep(
         name="shim",
         where="each shim host (1+, behind any load balancer): the Event API the app sends to",
         commands=("{venv}/bin/python -m shim",),
@@ -152,7 +152,7 @@ STEPS = (
 )
 
 
-def step(name: str) -> Step:
+def step(name: str) -> ProductionStep:
     return next(s for s in STEPS if s.name == name)
 
 
@@ -174,7 +174,7 @@ def readme_section() -> str:
     return "\n".join(lines)
 
 
-def unit_text(s: Step) -> str:
+def unit_text(s: ProductionStep) -> str:
     assert s.unit is not None
     (command,) = s.commands
     values = PLACEHOLDERS | UNIT_VALUES

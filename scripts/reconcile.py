@@ -70,8 +70,8 @@ from deployments.syncjob import (
 )
 from flows.alerts import AlertSender, alert_failure, start_spool_sender
 from flows.hooks import failure_message
-from flows.liveness import RunFile, dead_runs, flow_process_here, live_run, runs_dir
 from flows.process_tree import kill_run_leftovers, signal_process, start_time
+from flows.run_files import RunFile, dead_runs, flow_process_here, live_run, runs_dir
 from scripts.cancel import FINAL, cancel_flow_run, state_of
 
 log = logging.getLogger("poligraph.reconcile")

@@ -1,7 +1,7 @@
 """Intake layer: the Inngest Event API. Events are validated, committed to the outbox, then
 turned into flow runs. Imports only the core.
 
-    wire       reply shapes           intake     POST /e/{key}, framework-free
+    replies    reply shapes           intake     POST /e/{key}, framework-free
     events     body validation        outbox     the shim's tables
     jsonvalues JSON as Go reads it    dispatcher outbox -> flow runs, exactly once
     ids        seeded ULIDs           app        FastAPI routes (python -m shim)

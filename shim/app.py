@@ -23,18 +23,16 @@ from starlette.exceptions import HTTPException
 
 from deployments.catalog import Catalog, get_catalog
 from shim.admission import Admission
-from shim.announce import Announcer
 from shim.body import read_body
 from shim.committer import committer_for
 from shim.dispatcher import Dispatcher
+from shim.event_feed import EventFeed
 from shim.intake import Intake, KeyCheck
 from shim.logs import AccessLog
 from shim.mapping import FAIL_JOB
 from shim.metrics import ShimMetrics
 from shim.outbox import PENDING, EventBatch, EventOutbox, Recorded, open_outbox
-from shim.retention import Purge
-from shim.settings import ShimSettings, get_shim_settings
-from shim.wire import (
+from shim.replies import (
     SEED_HEADER,
     SERVER_KIND_HEADER,
     Reply,
@@ -44,6 +42,8 @@ from shim.wire import (
     refused,
     unknown_key,
 )
+from shim.retention import Purge
+from shim.settings import ShimSettings, get_shim_settings
 
 _REFUSAL_OF_STATUS = {400: "bad_request", 408: "too_slow", 413: "too_large", 503: "busy"}
 
@@ -67,8 +67,8 @@ def create_app(
         metrics = app.state.metrics = ShimMetrics()
         metrics.watch_outbox(app.state.outbox.pending_stats)
         metrics.watch_admission(admission)
-        announcer = Announcer(enabled=settings.prefect_events)
-        dispatcher = app.state.dispatcher = Dispatcher(app.state.outbox, settings, metrics, announcer)
+        event_feed = EventFeed(enabled=settings.prefect_events)
+        dispatcher = app.state.dispatcher = Dispatcher(app.state.outbox, settings, metrics, event_feed)
 
         def wake_dispatcher(requests: list[EventBatch], stored: list[list[Recorded]]) -> None:
             # only events that need work (a run, or a SyncJob to fail) wake the dispatcher
@@ -83,7 +83,7 @@ def create_app(
 
         app.state.committer = committer_for(app.state.outbox, wake_dispatcher)
         app.state.intake = Intake(
-            app.state.committer, catalog_of, metrics, announcer, settings.intake_threads
+            app.state.committer, catalog_of, metrics, event_feed, settings.intake_threads
         )
         # finished events and expired keys leave the outbox (shim.retention), beside the dispatcher
         purge = app.state.purge = Purge(app.state.outbox, settings, metrics)

@@ -14,7 +14,7 @@ import asyncio
 from starlette.requests import ClientDisconnect, Request
 
 from shim.admission import Ticket
-from shim.wire import Reply, busy, refused, too_large, too_slow
+from shim.replies import Reply, busy, refused, too_large, too_slow
 
 _MAX_LENGTH_DIGITS = 20  # more digits than any real length (and than int() should parse)
 

@@ -36,8 +36,8 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from deployments.syncjob import syncjob_repository, utcnow
-from shim.announce import Announcer
 from shim.db_errors import CONFLICT_ATTEMPTS, OutageLog, is_conflict, is_unavailable
+from shim.event_feed import EventFeed
 from shim.mapping import FAIL_JOB, RUN
 from shim.metrics import ShimMetrics
 from shim.outbox import DONE, FAILED, PENDING, EventOutbox, Outcome
@@ -150,12 +150,12 @@ class Dispatcher:
         outbox: EventOutbox,
         settings: ShimSettings,
         metrics: ShimMetrics | None = None,
-        announcer: Announcer | None = None,
+        event_feed: EventFeed | None = None,
     ) -> None:
         self.outbox = outbox
         self.settings = settings
         self.metrics = metrics or ShimMetrics()
-        self.announcer = announcer if announcer is not None else Announcer(enabled=False)
+        self.event_feed = event_feed if event_feed is not None else EventFeed(enabled=False)
         self.gate = PrefectGate(settings, self.metrics)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -265,19 +265,19 @@ class Dispatcher:
     async def emit_pending(self) -> None:
         """Send the queued Prefect events, in batches, while Prefect takes them and no backlog
         waits for its runs."""
-        dropped = self.announcer.take_dropped()
+        dropped = self.event_feed.take_dropped()
         if dropped:
             self.metrics.prefect_events.labels("dropped").inc(dropped)
             log.warning("%d Prefect events dropped (queue full while Prefect was unreachable)", dropped)
-        while self.gate.open() and not self._backlog and (batch := self.announcer.take(EMIT_BATCH)):
+        while self.gate.open() and not self._backlog and (batch := self.event_feed.take(EMIT_BATCH)):
             try:
                 await self.api().emit_events(batch)
             except PrefectBusy as exc:
-                self.announcer.give_back(batch)
+                self.event_feed.give_back(batch)
                 self.gate.busy(exc.retry_after, exc.timed_out)
                 return
             except PrefectDown:
-                self.announcer.give_back(batch)
+                self.event_feed.give_back(batch)
                 self.gate.down()
                 return
             except PrefectError as exc:
@@ -395,14 +395,14 @@ class Dispatcher:
     def _created(self, row: dict[str, Any], flow_run_id: str, deployment_id: str | None) -> Outcome:
         self.metrics.dispatch_attempts.labels("created").inc()
         self.metrics.dispatch_latency.observe(max(0.0, (utcnow() - row["received_at"]).total_seconds()))
-        self.announcer.run_created(row, deployment_id, flow_run_id)
+        self.event_feed.run_created(row, deployment_id, flow_run_id)
         log.info("event %s (%s) -> flow run %s", row["event_id"], row["name"], flow_run_id)
         return Outcome(row["pk"], DONE, flow_run_id=flow_run_id)
 
     def _refused(self, row: dict[str, Any], reason: str) -> Outcome:
         self._fail_job(row["job_id"], reason)
         self.metrics.dispatch_attempts.labels("failed").inc()
-        self.announcer.run_refused(row, reason)
+        self.event_feed.run_refused(row, reason)
         log.warning("event %s (%s): %s", row["event_id"], row["name"], reason)
         return Outcome(row["pk"], FAILED, error=reason)
 

@@ -10,17 +10,17 @@ from collections.abc import Callable
 import anyio
 
 from deployments.catalog import Catalog
-from shim.announce import Announcer
 from shim.committer import Committer
 from shim.db_errors import describe, is_unavailable
+from shim.event_feed import EventFeed
 from shim.events import EventError, parse_body
 from shim.ids import event_ids
 from shim.mapping import NOTHING, EventRouter
 from shim.metrics import ShimMetrics
 from shim.outbox import DUPLICATE, EventBatch, Recorded
+from shim.replies import Reply, accepted, refused, unavailable
 from shim.settings import ShimSettings
 from shim.text import printable
-from shim.wire import Reply, accepted, refused, unavailable
 
 log = logging.getLogger("poligraph.shim")
 # Bodies up to this size are parsed on the event loop (a few hundred microseconds at most: what
@@ -50,13 +50,13 @@ class Intake:
         committer: Committer,
         catalog: Callable[[], Catalog],
         metrics: ShimMetrics,
-        announcer: Announcer,
+        event_feed: EventFeed,
         large_requests: int = 2,
     ) -> None:
         self.committer = committer
         self.catalog = catalog
         self.metrics = metrics
-        self.announcer = announcer
+        self.event_feed = event_feed
         self._router: EventRouter | None = None
         self._large = anyio.CapacityLimiter(large_requests)
 
@@ -88,7 +88,7 @@ class Intake:
     def refused(self, reason: str, error: str, status: int) -> None:
         """A whole request refused (nothing stored): counted and announced."""
         self.metrics.requests_refused.labels(reason).inc()
-        self.announcer.request_refused(status, error)
+        self.event_feed.request_refused(status, error)
 
     async def _store(self, batch: EventBatch | Reply) -> Reply:
         if isinstance(batch, Reply):
@@ -117,7 +117,7 @@ class Intake:
             else:
                 outcome = "accepted"
             self.metrics.count_event(outcome, action)
-            self.announcer.event_stored(event_id, event, action, outcome)
+            self.event_feed.event_stored(event_id, event, action, outcome)
             log.info(
                 "event %s %s -> %s %s",
                 event_id,

@@ -410,8 +410,8 @@ def flow_processes(stack: ChaosStack) -> list[str]:
     """For a failure's post-mortem: the flow-run processes still alive and the run files left."""
     import psutil
 
-    from flows.liveness import PREFECT_RUN_ENV
     from flows.process_tree import RUN_TAG, tag_of
+    from flows.run_files import PREFECT_RUN_ENV
 
     found = []
     for process in psutil.process_iter(["pid", "status", "name"]):

@@ -3,7 +3,7 @@ with `npx tsx` that spawns a `detached: true` child (as Puppeteer starts Chromiu
 double-fork daemon. Success with leftovers, cancellation, timeout, and a crash of the process
 that ran the step (then the reconciler) leave no survivor.
 
-Served runs (cancel from the admin, a killed serving process) are in test_operator.py.
+Served runs (cancel from the admin, a killed serving process) are in test_recovery.py.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_node_detached_child_is_killed_on_timeout(tsx_project, tmp_path):
 FLOW_PROCESS = textwrap.dedent(
     """
     import sys
-    from flows.liveness import note_script_group, register
+    from flows.run_files import note_script_group, register
     from flows.process_tree import RUN_TAG
     from flows.script_runner import run_process
 

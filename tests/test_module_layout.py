@@ -48,3 +48,21 @@ def test_no_module_defines_what_its_main_needs_after_the_main_block():
             if late := defined_after_main_block(path.read_text(encoding="utf-8")):
                 offenders[str(Path(path).relative_to(REPO))] = late
     assert not offenders, f"defined after `if __name__ == '__main__':` (move them above it): {offenders}"
+
+
+def class_names(paths: list[Path]) -> dict[str, list[str]]:
+    """Every top-level class name → the modules defining it."""
+    found: dict[str, list[str]] = {}
+    for path in paths:
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef):
+                found.setdefault(node.name, []).append(str(path.relative_to(REPO)))
+    return found
+
+
+def test_no_two_classes_share_a_name():
+    # Two unrelated classes with one name (there were two PrefectBusy) send a reader to the wrong
+    # one; tests/support counts too, test modules (Test* groupings) do not.
+    paths = [p for package in [*PACKAGES, "tests/support"] for p in sorted((REPO / package).rglob("*.py"))]
+    shared = {name: where for name, where in class_names(paths).items() if len(where) > 1}
+    assert not shared, f"classes sharing a name (rename one): {shared}"

@@ -42,7 +42,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class Announcer:
+class EventFeed:
     """A bounded, thread-safe queue of Prefect events (appends from any thread)."""
 
     def __init__(self, enabled: bool = True, max_queued: int = MAX_QUEUED) -> None:

@@ -257,7 +257,7 @@ def test_a_run_whose_process_died_while_reporting_its_end_ends_as_its_row_says(p
     from flows.sync_script import sync_script
 
     register = (
-        "import sys, time; from flows.liveness import register; register(*sys.argv[1:]); time.sleep(60)"
+        "import sys, time; from flows.run_files import register; register(*sys.argv[1:]); time.sleep(60)"
     )
     runs_dir = STATE / "home" / "runs"
     ends = {}
@@ -335,7 +335,7 @@ def test_runs_left_pending_or_cancelling_without_a_process_are_ended_and_free_th
     from prefect.states import Cancelled, Cancelling, Running
 
     from deployments.specs import BASE_TAG
-    from flows.liveness import PREFECT_RUN_ENV
+    from flows.run_files import PREFECT_RUN_ENV
     from flows.sync_script import sync_script
 
     reconciler = Reconciler(syncjobs)
@@ -399,7 +399,7 @@ def test_a_run_left_running_before_its_body_began_is_crashed_on_a_second_look(pr
     from prefect.client.orchestration import get_client as get_sync_client
     from prefect.states import Cancelled, Running
 
-    from flows.liveness import PREFECT_RUN_ENV
+    from flows.run_files import PREFECT_RUN_ENV
 
     reconciler = Reconciler(syncjobs)
     reconciler.settings = reconciler.settings.model_copy(update={"stuck_run_seconds": 0.0})
