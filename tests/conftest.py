@@ -107,6 +107,13 @@ def prefect_api() -> Iterator[str]:
         run_async(ensure_script_limits(get_catalog()))
         yield os.environ["PREFECT_API_URL"]
     finally:
+        # Logs and events this process queued go while the server still answers: drained at exit
+        # instead, they wait out their retries against a server that is gone (about a minute).
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=15)
+        EventsWorker.drain_all(timeout=15)
         stop_process_group(server)
 
 
