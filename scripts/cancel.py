@@ -1,45 +1,16 @@
-"""Cancelling a job: the one way the CLI and the reconciler stop a flow run.
+"""Cancelling a job from the CLI: the row, then its flow run at once.
 
 The admin's cancel button only flips the SyncJob row (FAILED, "Annulé manuellement…"); the run
-itself is stopped by asking Prefect to cancel it, which stops the flow-run process and, with it,
-its script's process group.
+itself is stopped by asking Prefect to cancel it (flows/run_states.py, the way the reconciler's
+passes stop runs too), which stops the flow-run process and, with it, its script's process group.
 """
 
 from __future__ import annotations
 
-from uuid import UUID
-
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import State, StateType
-from prefect.exceptions import ObjectNotFound
-from prefect.states import Cancelled, Cancelling
+from prefect.client.orchestration import get_client
 
 from deployments.syncjob import SyncJobRepository, flow_run_of
-
-FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
-
-
-def state_of(client: SyncPrefectClient, run_id: str) -> State | None:
-    """The flow run's current state; None when the run does not exist (any more)."""
-    try:
-        return client.read_flow_run(UUID(run_id)).state
-    except ObjectNotFound:
-        return None
-
-
-def cancel_flow_run(client: SyncPrefectClient, run_id: str, message: str) -> bool:
-    """Ask Prefect to cancel a run that is still going; False when it ended, is gone or is
-    already cancelling."""
-    state = state_of(client, run_id)
-    if state is None or state.type in FINAL or state.name == "Cancelling":
-        return False
-    if state.type == StateType.SCHEDULED and state.name != "AwaitingRetry":
-        # not started (waiting for its time or a slot): no process to stop, so no runner would
-        # ever move a forced Cancelling on; an AwaitingRetry run may still have its process
-        client.set_flow_run_state(UUID(run_id), Cancelled(message=message), force=True)
-        return True
-    client.set_flow_run_state(UUID(run_id), Cancelling(message=message), force=True)
-    return True
+from flows.run_states import cancel_flow_run
 
 
 def cancel_job(repository: SyncJobRepository, job_id: str, message: str) -> tuple[bool, str | None]:

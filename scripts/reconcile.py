@@ -72,7 +72,7 @@ from flows.alerts import AlertSender, alert_failure, start_spool_sender
 from flows.hooks import failure_message
 from flows.process_tree import kill_run_leftovers, signal_process, start_time
 from flows.run_files import RunFile, dead_runs, flow_process_here, live_run, runs_dir
-from scripts.cancel import FINAL, cancel_flow_run, state_of
+from flows.run_states import FINAL, STOPPED, cancel_flow_run, state_of
 
 log = logging.getLogger("poligraph.reconcile")
 T = TypeVar("T")
@@ -82,7 +82,6 @@ CANCEL_FALLBACK_SECONDS = 15.0  # a runner that watches stops a Cancelling run w
 # database outage has written its row by the second look.
 UNBEGUN_CONFIRM_SECONDS = 12.0
 FAILING_LOG_SECONDS = 300.0  # an item failing at every pass is logged again this often
-STOPPED = "stopped: its process is gone (ended by the reconciler)"
 PROCESS_DIED = (
     "Le processus qui exécutait ce run est mort (service arrêté, machine redémarrée ou mémoire épuisée)."
 )

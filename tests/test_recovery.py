@@ -233,8 +233,8 @@ def test_runs_kept_waiting_for_a_slot_are_reported(prefect_api, syncjobs, caplog
 def test_cancelling_a_run_that_has_not_started_ends_it_at_once(prefect_api):
     from prefect.client.orchestration import get_client as get_sync_client
 
+    from flows.run_states import cancel_flow_run
     from flows.sync_script import sync_script
-    from scripts.cancel import cancel_flow_run
 
     later = Scheduled(scheduled_time=datetime.now(UTC) + timedelta(hours=1))
     with get_sync_client(sync_client=True) as client:
