@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 # An early lease older than this is given back and a fresh one taken: the step's renewal loop
 # starts from its own acquisition, and half the lease is a wide margin.
 MAX_EARLY_AGE_SECONDS = LEASE_SECONDS / 2
+# For `python -m bench.flow_start --early-slot-ab` only: a run whose environment has it set to 1
+# asks nothing early (its step asks for its slot itself), to measure what the early request saves.
+BENCH_SWITCH = "BENCH_NO_EARLY_SLOT"
 
 
 @dataclass
@@ -43,7 +47,7 @@ _lock = threading.Lock()
 def first_step_slot(name: str | None, flow_run_id: str) -> Iterator[None]:
     """For a run's body: its first step's slot (`name`; None: nothing to ask) asked for at once,
     and given back at the end if no step took it over."""
-    if name is not None:
+    if name is not None and os.environ.get(BENCH_SWITCH) != "1":
         ask_early(name, flow_run_id)
     try:
         yield
