@@ -18,10 +18,10 @@ from prefect.states import Cancelled, State
 from deployments.plans import Plan, PlannedStep
 from deployments.safe_text import safe_text
 from deployments.specs import script_limit_name
-from deployments.syncjob import SyncJobRepository, job_id_for_flow_run
+from deployments.syncjob import job_id_for_flow_run
 from flows import artifacts, early_slot
 from flows.alerts import alert_failure
-from flows.progress_writer import run_repository
+from flows.progress_writer import RunRepository, run_repository
 from flows.run_files import register
 from flows.step_results import StepResult, summarize
 from flows.steps import StepFailed, configured
@@ -69,7 +69,7 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
 def run_steps(
     plan: Plan,
     job: str,
-    repository: SyncJobRepository,
+    repository: RunRepository,
     logger: Logger,
     results: list[StepResult] | None = None,
 ) -> list[StepResult]:
@@ -101,7 +101,7 @@ def on_step_failure(plan: Plan, step: PlannedStep, job: str, exc: Exception, log
     return StepResult.failed(step.name, step.script, error)
 
 
-def finish(plan: Plan, job: str, results: list[StepResult], repository: SyncJobRepository) -> dict[str, Any]:
+def finish(plan: Plan, job: str, results: list[StepResult], repository: RunRepository) -> dict[str, Any]:
     summary = summarize(results)
     result = {"flowRunId": str(flow_run.id), **summary, "steps": [r.as_json() for r in results]}
     required = {s.name for s in plan.steps if s.required}

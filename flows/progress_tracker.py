@@ -3,6 +3,11 @@
 Progress is the share of steps done, refined inside the running step by its progress lines.
 `processed` / `total` are written only for one-step runs: the admin shows them instead of the
 percentage, which for a group would hide how far the whole run is.
+
+This is the one throttle of progress (POLIGRAPH_PROGRESS_INTERVAL_SECONDS between two writes, a
+value equal to the last one written not written again): the row and the progress artifact get the
+same values at the same moments. The rows it writes to (a run's `RunRepository`) take each value
+as it comes and write it in the background (`flows/progress_writer.py`).
 """
 
 from __future__ import annotations
@@ -10,18 +15,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from deployments.syncjob import SyncJobRepository
 from flows import artifacts
 from flows.progress import ProgressReport
 
 log = logging.getLogger(__name__)
 
 
+class ProgressRows(Protocol):
+    """Where progress is written: a run's `RunRepository`, or the SyncJob repository itself."""
+
+    def set_progress(
+        self, job_id: str, progress: int, processed: int | None = None, total: int | None = None
+    ) -> None: ...
+
+
 class ProgressTracker:
     def __init__(
         self,
-        repository: SyncJobRepository,
+        repository: ProgressRows,
         job_id: str,
         step_index: int,
         step_count: int,

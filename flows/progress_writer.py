@@ -2,12 +2,15 @@
 background.
 
 A step reads its script's output and enforces its deadline in one loop; a progress write that
-waits for an unreachable database would stall both. So a run's repository (`run_repository`)
-hands progress to a `ProgressWriter`: one thread per process writes the latest value of each
-row; a write that fails is kept, unless a newer value replaces it (the last value wins), and tried
-again after a pause. COMPLETED takes the row's pending progress into its own update, FAILED first
-waits a moment for it (so the final `processed` / `total` land), then both go through the retried
-transitions of `SyncJobRepository`. Progress still pending when the process exits is lost; a state never is.
+waits for an unreachable database would stall both. So a run writes its row through a
+`RunRepository`, which holds the SyncJob repository and hands progress to a `ProgressWriter`: one
+thread per process writes each value as it comes; a write that fails is kept, unless a newer value
+replaces it (the last value wins), and tried again after a pause. How often a value comes is not
+decided here: the only throttle is the tracker's (`flows/progress_tracker.py`, one write a
+POLIGRAPH_PROGRESS_INTERVAL_SECONDS). COMPLETED takes the row's pending progress into its own
+update, FAILED first waits a moment for it (so the final `processed` / `total` land), then both go
+through the retried transitions of `SyncJobRepository`. Progress still pending when the process
+exits is lost; a state never is.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ _writers: dict[Engine, ProgressWriter] = {}
 _writers_lock = threading.Lock()
 
 
-def writer_for(repository: SyncJobRepository) -> ProgressWriter:
+def _writer_for(repository: SyncJobRepository) -> ProgressWriter:
     """The process's progress writer for this repository's database."""
     with _writers_lock:
         writer = _writers.get(repository.engine)
@@ -113,37 +116,32 @@ def writer_for(repository: SyncJobRepository) -> ProgressWriter:
         return writer
 
 
-class RunRepository(SyncJobRepository):
-    """The repository a run writes through: states as `SyncJobRepository` (retried), progress in
-    the background."""
+class RunRepository:
+    """The writes a run makes to its row: states through the SyncJob repository (retried),
+    progress in the background."""
 
     def __init__(self, repository: SyncJobRepository) -> None:
-        super().__init__(repository.engine, retry_seconds=repository.retry_seconds)
-        self.writer = writer_for(repository)
+        self.repository = repository
+        self.writer = _writer_for(repository)
+
+    def mark_running(self, job_id: str, script: str, flow_run_id: str | None = None) -> bool:
+        return self.repository.mark_running(job_id, script, flow_run_id)
 
     def set_progress(
         self, job_id: str, progress: int, processed: int | None = None, total: int | None = None
     ) -> None:
         self.writer.submit(job_id, progress, processed, total)
 
-    def mark_completed(
-        self, job_id: str, result: Mapping[str, Any], processed: int | None = None, total: int | None = None
-    ) -> bool:
+    def mark_completed(self, job_id: str, result: Mapping[str, Any]) -> bool:
         # the pending progress rides on the COMPLETED update (one statement, no wait for a write)
+        processed = total = None
         if pending := self.writer.take(job_id):
             _, processed, total = pending
-        return super().mark_completed(job_id, result, processed, total)
+        return self.repository.mark_completed(job_id, result, processed, total)
 
-    def mark_failed(
-        self,
-        job_id: str,
-        error: str,
-        script: str | None = None,
-        result: Mapping[str, Any] | None = None,
-        only_if_active: bool = False,
-    ) -> bool:
+    def mark_failed(self, job_id: str, error: str, result: Mapping[str, Any] | None = None) -> bool:
         self.writer.flush(job_id)
-        return super().mark_failed(job_id, error, script, result, only_if_active)
+        return self.repository.mark_failed(job_id, error, result=result)
 
 
 def run_repository(settings: Settings | None = None) -> RunRepository:

@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-from prefect.exceptions import ObjectNotFound
 
 from deployments.catalog import Catalog, get_catalog
 from deployments.prefect_yaml import WORK_POOL, render
@@ -35,70 +33,12 @@ from deployments.settings import get_settings
 from deployments.specs import BASE_TAG, deployment_specs
 from scripts import result_storage
 from scripts.limits import ensure_script_limits
-from scripts.run_forms import apply_run_forms, flow_of, with_run_form
+from scripts.pool_deployments import WrongPoolType, ensure_work_pool
+from scripts.run_forms import apply_run_forms
+from scripts.worker import PoligraphWorker
 
 if TYPE_CHECKING:
-    from prefect.deployments.runner import RunnerDeployment
-
-    from deployments.specs import DeploymentSpec
-
-
-class WrongPoolType(Exception):
-    """A work pool of that name exists with another worker type."""
-
-
-async def ensure_work_pool(client: PrefectClient, name: str = WORK_POOL) -> bool:
-    """Create the work pool (this package's worker type) if missing; True when it was created."""
-    from scripts.worker import WORKER_TYPE, PoligraphWorker
-
-    try:
-        pool = await client.read_work_pool(name)
-    except ObjectNotFound:
-        template = PoligraphWorker.get_default_base_job_template()
-        await client.create_work_pool(WorkPoolCreate(name=name, type=WORKER_TYPE, base_job_template=template))
-        return True
-    if pool.type != WORKER_TYPE:
-        raise WrongPoolType(
-            f"work pool {name} is of type {pool.type!r}, this version runs a {WORKER_TYPE!r} pool: stop its "
-            f"workers, `prefect work-pool delete {name}`, then run setup again (deployments are kept)"
-        )
-    return False
-
-
-async def runner_deployment(spec: DeploymentSpec) -> RunnerDeployment:
-    """The deployment as the worker's `POLIGRAPH_WORKER_DEPLOY` creates it, with the same
-    description, run form, schedules and concurrency as `prefect deploy` of prefect.yaml."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-    from prefect.schedules import Cron
-
-    from deployments.specs import DEPLOYMENT_CONCURRENCY
-
-    one_at_a_time = ConcurrencyLimitConfig(
-        limit=DEPLOYMENT_CONCURRENCY["limit"],
-        collision_strategy=ConcurrencyLimitStrategy(DEPLOYMENT_CONCURRENCY["collision_strategy"]),
-    )
-    deployment = await flow_of(spec).ato_deployment(
-        name=spec.name,
-        description=spec.description,
-        parameters=spec.parameters,
-        tags=spec.tags,
-        concurrency_limit=one_at_a_time,
-        schedules=[Cron(s.cron, timezone=s.timezone, slug=s.slug) for s in spec.schedules],
-    )
-    deployment.entrypoint = spec.entrypoint  # the installed module, wherever this checkout is
-    return with_run_form(deployment, get_catalog(), spec)
-
-
-async def apply_deployments(catalog: Catalog, work_pool: str = WORK_POOL) -> int:
-    """Every catalog deployment created or updated in the work pool, through the API (a few
-    seconds, where `prefect deploy --all` takes 15 to 20 s); returns how many."""
-    specs = deployment_specs(catalog)
-    async with get_client() as client:
-        await ensure_work_pool(client, work_pool)
-    for spec in specs:
-        deployment = await runner_deployment(spec)
-        await deployment.aapply(work_pool_name=work_pool)
-    return len(specs)
+    pass
 
 
 async def prune(client: PrefectClient, catalog: Catalog) -> list[str]:
@@ -149,7 +89,7 @@ async def setup(deploy: bool) -> None:
     if storage := get_settings().result_storage:
         result_storage.parse(storage)  # a bad value is refused before anything changes
     async with get_client() as client:
-        created = await ensure_work_pool(client)
+        created = await ensure_work_pool(client, PoligraphWorker)
         print(f"work pool {WORK_POOL}: {'created' if created else 'exists'}")
     limits = await ensure_script_limits(catalog)
     print(f"{len(limits)} per-script concurrency limits ready")

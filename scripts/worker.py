@@ -264,8 +264,8 @@ async def _warn_about_the_server() -> None:
 async def _deploy_catalog(work_pool: str) -> None:
     from deployments.catalog import get_catalog
     from scripts.limits import ensure_script_limits
-    from scripts.setup import apply_deployments
+    from scripts.pool_deployments import apply_deployments
 
     catalog = get_catalog()
     await ensure_script_limits(catalog)
-    await apply_deployments(catalog, work_pool)
+    await apply_deployments(catalog, PoligraphWorker, work_pool)

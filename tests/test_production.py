@@ -273,10 +273,12 @@ def test_rollout_prunes_renamed_deployments_and_removed_schedules(prefect_api):
 
     from deployments.catalog import get_catalog
     from flows.sync_script import sync_script
-    from scripts.setup import apply_deployments, prune
+    from scripts.pool_deployments import apply_deployments
+    from scripts.setup import prune
+    from scripts.worker import PoligraphWorker
 
     catalog = get_catalog()
-    run_async(apply_deployments(catalog))
+    run_async(apply_deployments(catalog, PoligraphWorker))
     sync_script.to_deployment(name="renamed-away", tags=["poligraph"], parameters={"script": "alpha"}).apply()
 
     async def scenario():

@@ -22,8 +22,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
+from scripts.pool_deployments import apply_deployments
 from scripts.prefect_settings import SQLITE_SETTINGS
-from scripts.setup import apply_deployments
+from scripts.worker import PoligraphWorker
 from shim.outbox import open_outbox
 from shim.settings import ShimSettings
 from support.paths import STATE
@@ -60,7 +61,7 @@ def test_a_backlog_sent_while_prefect_is_down_runs_once_as_soon_as_it_is_back(pg
     server_env = dict(SQLITE_SETTINGS)  # the local stack's Prefect on SQLite
     server = start_prefect_server(prefect_port, home, "outage-prefect.log", server_env)
     with temporary_settings(updates={PREFECT_API_URL: api}):
-        run_async(apply_deployments(get_catalog()))
+        run_async(apply_deployments(get_catalog(), PoligraphWorker))
     env = {
         **os.environ,
         "PREFECT_API_URL": api,

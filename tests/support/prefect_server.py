@@ -250,9 +250,10 @@ def apply_catalog_deployments() -> None:
     """The configured catalog's deployments, created in the pool but with no worker: their runs
     stay Scheduled."""
     from deployments.catalog import get_catalog
-    from scripts.setup import apply_deployments
+    from scripts.pool_deployments import apply_deployments
+    from scripts.worker import PoligraphWorker
 
-    run_async(apply_deployments(get_catalog()))
+    run_async(apply_deployments(get_catalog(), PoligraphWorker))
 
 
 def delete_scheduled_runs() -> None:
