@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 
 from deployments.catalog import Catalog, get_catalog
 from shim.admission import Admission
-from shim.body import read_body
+from shim.body import BodyRefused, read_body
 from shim.committer import committer_for
 from shim.dispatcher import Dispatcher
 from shim.event_feed import EventFeed
@@ -45,8 +45,6 @@ from shim.replies import (
 from shim.retention import Purge
 from shim.settings import ShimSettings, get_shim_settings
 
-_REFUSAL_OF_STATUS = {400: "bad_request", 408: "too_slow", 413: "too_large", 503: "busy"}
-
 
 def create_app(
     settings: ShimSettings | None = None,
@@ -60,6 +58,7 @@ def create_app(
     server_kind = "dev" if settings.dev_mode else "cloud"
     catalog_of: Callable[[], Catalog] = (lambda: catalog) if catalog else get_catalog
     admission = Admission(settings.max_requests, settings.max_bytes_in_flight)
+    max_bytes = settings.max_body_bytes
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -138,12 +137,11 @@ def create_app(
             intake.refused("busy", reply.body["error"], reply.status)
             return respond(reply, close=True)
         with ticket:  # its body's bytes are held until it is answered
-            body = await read_body(request, settings.max_body_bytes, settings.read_timeout_seconds, ticket)
-            if isinstance(body, Reply):
-                intake.refused(
-                    _REFUSAL_OF_STATUS.get(body.status, "bad_request"), body.body["error"], body.status
-                )
-                return respond(body, close=True)
+            try:
+                body = await read_body(request, max_bytes, settings.read_timeout_seconds, ticket)
+            except BodyRefused as refusal:
+                intake.refused(refusal.reason, refusal.error, refusal.reply.status)
+                return respond(refusal.reply, close=True)
             return respond(await intake.receive(body, request.headers.get(SEED_HEADER)))
 
     @app.get("/health")

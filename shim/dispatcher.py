@@ -53,7 +53,6 @@ from shim.prefect_api import (
 from shim.settings import ShimSettings
 
 log = logging.getLogger("poligraph.shim.dispatcher")
-_PERMANENT_HTTP = {400, 403, 409, 422}  # Prefect refused these parameters: retrying won't help
 # Per-run refusals of the bulk endpoint that no retry changes (the parameters broke the schema).
 _PERMANENT_RUN_ERRORS = ("Parameter validation failed", "Parameter schema enforcement", "Invalid schema")
 # Per-run errors of the bulk endpoint that say "the database was busy" (a run that failed on
@@ -355,17 +354,17 @@ class Dispatcher:
             results = await api.create_runs(deployment_id, requests)
         except DeploymentNotFound as exc:
             api.forget_deployment(name)  # redeployed under a new id, or not there yet
-            return self._retry_later(rows, exc, "refused")
+            return self._retry_later(rows, exc, exc.reason)
         except PrefectBusy as exc:
             self.gate.busy(exc.retry_after, exc.timed_out)
-            return self._retry_when_open(rows, exc, "busy")
+            return self._retry_when_open(rows, exc, exc.reason)
         except PrefectDown as exc:
             self.gate.down()
-            return self._retry_when_open(rows, exc, "down")
+            return self._retry_when_open(rows, exc, exc.reason)
         except PrefectError as exc:
-            if exc.status in _PERMANENT_HTTP:
+            if not exc.retriable:  # Prefect refused these parameters: retrying won't help
                 return [self._refused(row, f"Prefect refused the run of {name}: {exc}") for row in rows]
-            return self._retry_later(rows, exc, "error")
+            return self._retry_later(rows, exc, exc.reason)
         finally:
             self.metrics.prefect_request_seconds.observe(api.last_call_seconds)
         outcomes: list[Outcome] = []

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from shim.errors import ShimError
 from shim.jsonvalues import JSONValueError, decode_value, go_char, skip_whitespace
 
 MAX_EVENT_BYTES = 3 * 1024 * 1024  # AbsoluteMaxEventSize
@@ -24,8 +25,11 @@ INTERNAL_PREFIX = "inngest/"
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-class EventError(ValueError):
-    """The request is refused with HTTP 400 and this text."""
+class EventError(ShimError, ValueError):
+    """The request is refused with HTTP 400 and this text (the Inngest server's), nothing stored."""
+
+    status: int = 400
+    reason = "bad_request"
 
 
 @dataclass

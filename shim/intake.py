@@ -79,8 +79,8 @@ class Intake:
             events = parse_body(raw)
         except EventError as exc:
             log.info("request refused: %s", printable(str(exc)))
-            self.refused("bad_request", str(exc), 400)
-            return refused(str(exc))
+            self.refused(exc.reason, str(exc), exc.status)
+            return refused(str(exc), exc.status)
         ids = event_ids(seed, len(events))
         actions = self.router().map_events([(event.name, event.data) for event in events])
         return list(zip(ids, events, actions, strict=True))

@@ -16,6 +16,8 @@ import math
 import re
 from typing import Any
 
+from shim.errors import ShimError
+
 MAX_DEPTH = 512  # nesting levels of one event; Go allows 10 000, real events use 2 or 3
 _NUMBER_ECHO = 40  # characters of a refused number repeated in the error text
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -23,8 +25,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
-class JSONValueError(ValueError):
-    """Not a JSON value the Inngest server would accept; the text is Go's (or Go-like)."""
+class JSONValueError(ShimError, ValueError):
+    """Not a JSON value the Inngest server would accept; the text is Go's (or Go-like). The
+    request is refused with HTTP 400 (`shim.events` turns it into an `EventError`)."""
+
+    status = 400
+    reason = "bad_request"
 
 
 def go_char(char: str) -> str:

@@ -26,20 +26,28 @@ from typing import Any
 import httpx
 
 from deployments.prefect_rest import prefect_headers, retry_after_seconds
+from shim.errors import ShimError
 from shim.settings import ShimSettings
 
 BULK_LIMIT = 100  # runs per bulk request (the server refuses more)
 _DOWN_STATUS = {502, 504}  # a proxy in front of a server that is not there
 _BUSY_STATUS = {429, 503}  # the server is there and says: later (503: e.g. SQLite locked)
+PERMANENT_STATUS = {400, 403, 409, 422}  # Prefect refused these parameters: retrying won't help
 
 
-class PrefectDown(Exception):
+class PrefectDown(ShimError):
     """Not there: refused connection, no connection in time, or a gateway saying it is gone."""
 
+    retriable = True
+    reason = "down"
 
-class PrefectBusy(Exception):
+
+class PrefectBusy(ShimError):
     """429/503, or no answer in time: come back later (`retry_after` seconds when the server
     said so; `timed_out`: the request was too big for the server's pace)."""
+
+    retriable = True
+    reason = "busy"
 
     def __init__(self, message: str, retry_after: float | None, timed_out: bool = False) -> None:
         super().__init__(message)
@@ -47,16 +55,23 @@ class PrefectBusy(Exception):
         self.timed_out = timed_out
 
 
-class PrefectError(Exception):
-    """Any other error answer, with its status (4xx: this request is wrong; 500: a server bug)."""
+class PrefectError(ShimError):
+    """Any other error answer, with Prefect's status (4xx: this request is wrong; 500: a server
+    bug); retriable unless Prefect refused the request itself (PERMANENT_STATUS). It answers no
+    request of the shim's: `status` stays None."""
 
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"HTTP {status}: {text[:500]}")
-        self.status = status
+    reason = "error"
+
+    def __init__(self, prefect_status: int, text: str) -> None:
+        super().__init__(f"HTTP {prefect_status}: {text[:500]}")
+        self.prefect_status = prefect_status
+        self.retriable = prefect_status not in PERMANENT_STATUS
 
 
 class DeploymentNotFound(PrefectError):
-    pass
+    """The deployment is not there (yet), or was redeployed under a new id: tried again later."""
+
+    reason = "refused"
 
 
 @dataclass(frozen=True)
@@ -150,7 +165,7 @@ class PrefectApi:
             try:
                 reply = await self._request("GET", f"deployments/name/{full_name}")
             except PrefectError as exc:
-                if exc.status == 404:
+                if exc.prefect_status == 404:
                     raise DeploymentNotFound(404, f"no deployment {full_name}") from None
                 raise
             self._deployment_ids[full_name] = reply.json()["id"]
@@ -177,7 +192,7 @@ class PrefectApi:
                 "POST", f"deployments/{deployment_id}/create_flow_run/bulk", json=body
             )
         except PrefectError as exc:
-            if exc.status == 404:
+            if exc.prefect_status == 404:
                 raise DeploymentNotFound(404, f"deployment {deployment_id} is gone") from None
             raise
         results = reply.json()["results"]
