@@ -19,8 +19,9 @@ from deployments.plans import Plan, PlannedStep
 from deployments.safe_text import safe_text
 from deployments.specs import script_limit_name
 from deployments.syncjob import job_id_for_flow_run
-from flows import artifacts, early_slot
+from flows import artifacts, early_slot, row_texts
 from flows.alerts import alert_failure
+from flows.errors import RunError
 from flows.progress_writer import RunRepository, run_repository
 from flows.run_files import register
 from flows.step_results import StepResult, summarize
@@ -29,7 +30,7 @@ from flows.steps import StepFailed, configured
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
-class RequiredStepsFailed(RuntimeError):
+class RequiredStepsFailed(RunError, RuntimeError):
     """A continue-on-failure run finished, but a step marked required failed."""
 
 
@@ -107,9 +108,9 @@ def finish(plan: Plan, job: str, results: list[StepResult], repository: RunRepos
     required = {s.name for s in plan.steps if s.required}
     required_failures = [name for name in summary["failures"] if name in required]
     if required_failures:
-        message = f"required step(s) failed: {', '.join(required_failures)}"
-        repository.mark_failed(job, message, result=result)
-        raise RequiredStepsFailed(message)
+        failure = RequiredStepsFailed(row_texts.required_steps_failed(required_failures))
+        repository.mark_failed(job, failure.row_text, result=result)
+        raise failure
     repository.mark_completed(job, result)
     return summary
 
@@ -118,4 +119,4 @@ def require_enabled(plan: Plan) -> None:
     """A one-script run of a disabled script fails at once, with the reason."""
     for step in plan.steps:
         if step.disabled:
-            raise StepFailed(f"{step.script} is disabled: {step.disabled}")
+            raise StepFailed(row_texts.script_disabled(step))

@@ -2,13 +2,13 @@
 artifacts written and its run file removed once its final state is set.
 
 Hooks run client side and are not guaranteed (docs/prefect.md, "State hooks"): the flow body
-writes every other transition itself, and the reconciler repairs rows whose hook never ran.
+writes every other transition itself, and the reconciler repairs rows whose hook never ran. What
+a hook writes in the row is said in flows/row_texts.py, beside what the reconciler writes.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from prefect import Flow
@@ -16,28 +16,14 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
 
 from deployments.catalog import get_catalog
-from deployments.safe_text import safe_text
 from deployments.specs import is_critical, row_script_for
 from deployments.syncjob import job_id_for_flow_run, syncjob_repository
 from flows.alerts import alert_failure
 from flows.artifacts import flush_artifacts
+from flows.row_texts import run_failure
 from flows.run_files import unregister
 
 log = logging.getLogger(__name__)
-_EXCEPTION_PREFIX = "Flow run encountered an exception:"
-_EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*: ")
-
-
-def failure_message(state: State[Any]) -> str:
-    message = safe_text(state.message or "").strip()  # it may carry a script's output
-    if state.is_cancelled() or state.name in ("Cancelling", "Cancelled"):
-        return "Annulé : le run Prefect a été annulé." + (f" {message}" if message else "")
-    if state.is_crashed():
-        return f"Le run Prefect a planté (Crashed) : {message or 'raison inconnue'}"
-    if message.startswith(_EXCEPTION_PREFIX):
-        # "Flow run encountered an exception: StepFailed: step x ..." -> "step x ..."
-        message = _EXCEPTION_NAME.sub("", message[len(_EXCEPTION_PREFIX) :].strip(), count=1)
-    return message or f"Run {state.name}"
 
 
 def mark_job_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -45,7 +31,7 @@ def mark_job_failed(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) 
     job_id = parameters.get("job_id") or job_id_for_flow_run(str(flow_run.id))
     catalog = get_catalog()
     script = row_script_for(catalog, parameters)
-    message = failure_message(state)
+    message = run_failure(state)
     try:
         written = syncjob_repository().mark_failed(job_id, message, script=script)
         # step failures alert where they happen (execution.py); a crash never reaches a step.

@@ -30,20 +30,19 @@ from prefect.runtime import flow_run, task_run
 from deployments.plans import PlannedStep
 from deployments.settings import Settings, get_settings
 from deployments.specs import script_limit_name
-from flows import early_slot
+from flows import early_slot, row_texts
+from flows.errors import RunError
 from flows.process_tree import RUN_TAG
 from flows.progress import parse_progress
 from flows.progress_tracker import ProgressTracker
 from flows.progress_writer import run_repository
 from flows.run_files import note_script_group
-from flows.script_runner import ProcessOutcome, run_process, shorten
+from flows.script_runner import run_process, shorten
 from flows.slots import held_slot
 from flows.step_results import StepResult
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 MAX_LOG_LINE = 10_000  # characters of one output line in the run log (a marker says the cut)
-STDERR_LINES_IN_ERROR = 15
-ERROR_LINE_CHARS = 2000  # characters of one output line in a step's error (the row keeps 2000 in all)
 LOG_BURST_SECONDS = 10.0  # the rate budget may be spent this many seconds ahead (a script's first burst)
 LOG_RECORD_LINES = 1000  # lines joined into one run-log record at most
 LOG_RECORD_BYTES = 256 * 1024  # and bytes (Prefect truncates records over 1 MB)
@@ -52,8 +51,12 @@ LOG_SUMMARY_SECONDS = 5.0  # lines go unsent this long at least before the summa
 UNSENT_CHECK_LINES = 1024  # while lines go unsent, how often (in lines) to look whether to resume
 
 
-class StepFailed(RuntimeError):
+class StepFailed(RunError, RuntimeError):
     """A step's script failed, timed out or must not run. The message is what SyncJob shows."""
+
+    # a script's failure may pass: its task runs the step again, up to the step's retries (the
+    # one a disabled script raises in the flow body, flows/execution.py, has no task to retry it)
+    retriable = True
 
 
 def retry_delays(settings: Settings, retries: int) -> list[float]:
@@ -224,20 +227,6 @@ class OutputLogger:
             self.logger.log(level, "\n".join(batch))
 
 
-def failure_message(step: PlannedStep, outcome: ProcessOutcome, attempt: int) -> str:
-    """Which step, which attempt, why, and the last stderr lines (or output lines)."""
-    why = (
-        f"timed out after {int(step.timeout_seconds)}s (process group killed)"
-        if outcome.timed_out
-        else f"exit code {outcome.exit_code}"
-    )
-    lines = outcome.stderr_tail[-STDERR_LINES_IN_ERROR:] or outcome.tail[-STDERR_LINES_IN_ERROR:]
-    detail = "\n".join(shorten(line, ERROR_LINE_CHARS) for line in lines)
-    return f"step {step.name} ({step.script}) failed on attempt {attempt}/{step.retries + 1}: {why}" + (
-        f"\n{detail}" if detail else ""
-    )
-
-
 # Durable steps: with persisted results and RUN_ID in the cache key, a retried flow run (same
 # id) gets completed steps back as Cached instead of running their scripts again.
 @task(
@@ -276,7 +265,7 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
     tracker.flush()
     attempt = task_run.run_count or 1
     if not outcome.ok:
-        raise StepFailed(failure_message(step, outcome, attempt))
+        raise StepFailed(row_texts.step_failure(step, outcome, attempt))
     logger.info("%s finished in %.1fs", step.script, outcome.duration_seconds)
     return StepResult.succeeded(step.name, step.script, outcome.exit_code, outcome.duration_seconds, attempt)
 

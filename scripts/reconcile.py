@@ -69,8 +69,16 @@ from deployments.syncjob import (
     utcnow,
 )
 from flows.alerts import AlertSender, alert_failure, start_spool_sender
-from flows.hooks import failure_message
 from flows.process_tree import kill_run_leftovers, signal_process, start_time
+from flows.row_texts import (
+    ENDED_BADLY,
+    NEVER_STARTED,
+    PROCESS_DIED,
+    ended_before_starting,
+    run_ended_badly,
+    run_failure,
+    run_gone,
+)
 from flows.run_files import RunFile, dead_runs, flow_process_here, live_run, runs_dir
 from flows.run_states import FINAL, STOPPED, cancel_flow_run, state_of
 
@@ -82,14 +90,6 @@ CANCEL_FALLBACK_SECONDS = 15.0  # a runner that watches stops a Cancelling run w
 # database outage has written its row by the second look.
 UNBEGUN_CONFIRM_SECONDS = 12.0
 FAILING_LOG_SECONDS = 300.0  # an item failing at every pass is logged again this often
-PROCESS_DIED = (
-    "Le processus qui exécutait ce run est mort (service arrêté, machine redémarrée ou mémoire épuisée)."
-)
-ENDED_BADLY = {
-    StateType.CRASHED: "a planté (Crashed)",
-    StateType.CANCELLED: "a été annulé",
-    StateType.FAILED: "a échoué",
-}
 
 
 class Reconciler:
@@ -200,7 +200,7 @@ class Reconciler:
                 failed = run.job_id
         elif not state.is_completed():  # as the hooks say it: "Annulé : …" for a cancel
             alert = not state.is_cancelled()
-            if self._fail_row(run.job_id, run.flow_run_id, failure_message(state), alert=alert):
+            if self._fail_row(run.job_id, run.flow_run_id, run_failure(state), alert=alert):
                 failed = run.job_id
         run.path.unlink(missing_ok=True)
         return failed
@@ -285,10 +285,7 @@ class Reconciler:
         return row if row is not None and flow_run_of(row) == flow_run_id else None
 
     def _crash_unstarted(self, client: SyncPrefectClient, run: FlowRun) -> None:
-        reason = (
-            "Le run n'a jamais démarré : son processus est mort avant le début du flow (serveur "
-            "Prefect injoignable ou service arrêté à ce moment-là)."
-        )
+        reason = NEVER_STARTED
         if job_id := run.parameters.get("job_id"):
             self._fail_row(job_id, str(run.id), reason)  # first: a database away fails this pass
         client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
@@ -313,12 +310,12 @@ class Reconciler:
         try:
             run = client.read_flow_run(UUID(run_id))
         except ObjectNotFound:
-            reason = f"Le run Prefect {run_id} n'existe plus."
+            reason = run_gone(run_id)
         else:
             state = run.state
             if state is None or state.type not in ENDED_BADLY:
                 return False
-            reason = f"Le run Prefect {ENDED_BADLY[state.type]} : {state.message or state.name}"
+            reason = run_ended_badly(state)
             cancelled = state.type == StateType.CANCELLED
         return self._fail_row(row["id"], run_id, reason, script=row["script"], alert=not cancelled)
 
@@ -341,8 +338,7 @@ class Reconciler:
             row = rows.get(run.parameters.get("job_id") or "")
             if row is None or run.state is None:
                 continue
-            what = ENDED_BADLY[run.state.type]
-            reason = f"Le run Prefect {what} avant de démarrer : {run.state.message or run.state.name}"
+            reason = ended_before_starting(run.state)
             fail = partial(self._fail_row, row["id"], str(run.id), reason, script=row["script"])
             if self._on_its_own("SyncJob", row["id"], fail):
                 failed.append(row["id"])
