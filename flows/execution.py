@@ -41,7 +41,7 @@ def row_id(job_id: str | None) -> str:
 
 def register_run(job_id: str | None) -> None:
     """This process's run file: the first thing a flow body does, so that a process that dies
-    from then on (in a database outage while RUNNING is retried, in the missed-slot check's API
+    from then on (in a database outage while RUNNING is retried, in the missed-firing check's API
     calls, while the final state is reported) is seen dead by the reconciler. The file goes once
     the final state is set (flows/hooks.py); a flow retry writes it again."""
     register(str(flow_run.id), row_id(job_id))

@@ -1,10 +1,10 @@
-"""Missed cron slots: after downtime a schedule runs once, not once per missed slot.
+"""Missed cron firings: after downtime a schedule runs once, not once per missed firing.
 
 Prefect runs every late scheduled run it finds (there is no "skip if late"). At the start of an
-auto-scheduled run we decide instead: if a newer slot of the same deployment is already due, this
-one is superseded; if this is the newest but its slot is older than the catch-up window
-(POLIGRAPH_CATCH_UP_WINDOW_SECONDS, default 1 h), it is too old. Either way it ends at once,
-Completed with the reason, without touching SyncJob (no work was done).
+auto-scheduled run we decide instead: if a run of the same deployment scheduled for a later time
+is already due, this one is superseded; if this is the newest but its scheduled time is older
+than the catch-up window (POLIGRAPH_CATCH_UP_WINDOW_SECONDS, default 1 h), it is too old. Either
+way it ends at once, Completed with the reason, without touching SyncJob (no work was done).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ def is_scheduled(run: FlowRun) -> bool:
     return bool(run.auto_scheduled or (run.idempotency_key or "").startswith(SCHEDULER_KEY_PREFIX))
 
 
-def original_slot(client: SyncPrefectClient, run: FlowRun) -> datetime | None:
-    """The time a scheduled run was planned for.
+def scheduled_time(client: SyncPrefectClient, run: FlowRun) -> datetime | None:
+    """The time a scheduled run was planned for: its cron firing.
 
     Not `expected_start_time`: a run re-proposed while waiting for a concurrency slot gets a new
-    one. The first Scheduled state keeps the slot.
+    one. The first Scheduled state keeps the planned time.
     """
     states = [
         s
@@ -46,7 +46,7 @@ def original_slot(client: SyncPrefectClient, run: FlowRun) -> datetime | None:
     return min(states, key=lambda s: s.timestamp).state_details.scheduled_time
 
 
-def missed_slot_reason(now: datetime | None = None) -> str | None:
+def missed_firing_reason(now: datetime | None = None) -> str | None:
     """Why this run must not do its work, or None when it should.
 
     The engine's own copy of the run (read after it became Running) says whether it was
@@ -59,12 +59,12 @@ def missed_slot_reason(now: datetime | None = None) -> str | None:
     me, client = context.flow_run, context.client
     if not is_scheduled(me) or me.deployment_id is None:
         return None
-    if me.run_count > 1:  # a retry of a run that already started: not a missed slot
+    if me.run_count > 1:  # a retry of a run that already started: not a missed firing
         return None
-    mine = original_slot(client, me)
+    mine = scheduled_time(client, me)
     if mine is None:
         return None
-    # expected start times only move later, so every newer slot is among these
+    # expected start times only move later, so every run scheduled for a later time is among these
     candidates = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
             deployment_id=FlowRunFilterDeploymentId(any_=[me.deployment_id]),
@@ -74,14 +74,15 @@ def missed_slot_reason(now: datetime | None = None) -> str | None:
         limit=50,
     )
     newer = [
-        slot
+        planned
         for run in candidates
         if is_scheduled(run)
-        if (slot := original_slot(client, run)) is not None and mine < slot <= now
+        if (planned := scheduled_time(client, run)) is not None and mine < planned <= now
     ]
     if newer:
-        return f"slot {mine.isoformat()} superseded by the newer missed slot {max(newer).isoformat()}"
+        latest = max(newer).isoformat()
+        return f"scheduled for {mine.isoformat()}, superseded by the newer missed firing of {latest}"
     window = timedelta(seconds=get_settings().catch_up_window_seconds)
     if now - mine > window:
-        return f"slot {mine.isoformat()} missed by more than the catch-up window ({window})"
+        return f"scheduled for {mine.isoformat()}, missed by more than the catch-up window ({window})"
     return None

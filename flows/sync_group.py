@@ -11,7 +11,7 @@ from deployments.catalog import get_catalog
 from deployments.plans import plan_group
 from flows.execution import execute_plan, register_run
 from flows.hooks import RUN_HOOKS
-from flows.missed import missed_slot_reason
+from flows.missed import missed_firing_reason
 
 
 @flow(name="sync-group", log_prints=True, **RUN_HOOKS)
@@ -30,7 +30,7 @@ def sync_group(
         limit: --limit=N of the group's step that takes one (a group without one refuses it).
     """
     register_run(job_id)
-    if reason := missed_slot_reason():
+    if reason := missed_firing_reason():
         get_run_logger().warning("not running: %s", reason)
         return Completed(message=f"skipped: {reason}")
     plan = plan_group(get_catalog(), group, limit=limit)

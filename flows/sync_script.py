@@ -11,7 +11,7 @@ from deployments.catalog import get_catalog
 from deployments.plans import plan_script
 from flows.execution import execute_plan, register_run, require_enabled
 from flows.hooks import RUN_HOOKS
-from flows.missed import missed_slot_reason
+from flows.missed import missed_firing_reason
 
 
 @flow(name="sync-script", log_prints=True, **RUN_HOOKS)
@@ -32,7 +32,7 @@ def sync_script(
         limit: Sets --limit=N, replacing any other --limit.
     """
     register_run(job_id)
-    if reason := missed_slot_reason():
+    if reason := missed_firing_reason():
         get_run_logger().warning("not running: %s", reason)
         return Completed(message=f"skipped: {reason}")
     plan = plan_script(get_catalog(), script, flags=flags, limit=limit)  # refuses bad flags
