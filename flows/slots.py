@@ -30,6 +30,7 @@ from prefect.settings import get_current_settings
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from deployments.prefect_rest import prefect_headers, retry_after_seconds
+from flows.errors import RunError
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 LEASE_SECONDS = 60  # Prefect's minimum: the slot of a process killed outright frees within a minute
@@ -39,20 +40,24 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 FIRST_RETRY_SECONDS = 0.01  # then doubling, up to 1 s
 
 
-class SlotHeld(Exception):
+class SlotHeld(RunError):  # RunError is an Exception, the base it had
     """423: another holder has the slot; come back after `wait` seconds (the server's Retry-After)."""
+
+    retriable = True  # the slot frees when its holder ends
 
     def __init__(self, wait: float | None) -> None:
         super().__init__("HTTP 423")
         self.wait = wait
 
 
-class SlotServerBusy(Exception):
+class SlotServerBusy(RunError):  # RunError is an Exception, the base it had
     """The Prefect server answered a slot call 429/503 (on SQLite: its database locked): try again
     soon. (Not the shim's `PrefectBusy`, which its dispatcher hands to a shared backoff.)"""
 
+    retriable = True
 
-class SlotLimitMissing(RuntimeError):
+
+class SlotLimitMissing(RunError, RuntimeError):
     """No such global concurrency limit: never run a script unprotected."""
 
 
