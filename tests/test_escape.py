@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
+from flows.recovery import Reconciler
 from flows.script_runner import run_process
-from scripts.reconcile import Reconciler
 from support.escapers import ESCAPER, Cancelled
 from support.paths import REPO
 from support.polling import wait_for

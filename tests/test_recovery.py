@@ -18,7 +18,7 @@ from prefect.states import Crashed, Scheduled
 
 from deployments.settings import reload_settings
 from deployments.syncjob import CANCEL_MESSAGE, job_id_for_flow_run
-from scripts.reconcile import Reconciler
+from flows.recovery import Reconciler
 from support.paths import STATE, STUB_ROOT
 from support.polling import run_async, wait_for
 from support.prefect_server import create_run, start_worker_ready, wait_final
