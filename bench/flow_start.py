@@ -120,12 +120,10 @@ def pending_row(engine: sa.Engine) -> str:
     return job_id
 
 
-def create_bare_run(
-    client: httpx.Client, deployment_url: str, body: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def create_bare_run(client: httpx.Client, deployment_url: str) -> dict[str, Any]:
     """One create call, sent again after a 503 (Prefect's SQLite busy) as any client would."""
     while True:
-        reply = client.post(f"{deployment_url}/create_flow_run", json=body or {})
+        reply = client.post(f"{deployment_url}/create_flow_run", json={})
         if reply.status_code != 503:
             reply.raise_for_status()
             return dict(reply.json())
@@ -326,77 +324,6 @@ def flow_start_figures(runs: int) -> list[Figure]:
     return [p2, p3, p4, p6["shim"], p6["worker"]]
 
 
-def early_slot_comparison(rounds: int) -> Figure:
-    """P4 with the first step's slot asked for as the run begins (`flows/early_slot.py`, "ours")
-    and without it (the run's environment has BENCH_NO_EARLY_SLOT=1: its step asks for its slot
-    itself, "baseline"), on one local stack: rounds of one run each, their order alternating
-    (A/B, B/A, …), each run created directly on the deployment (the same path for both) after the
-    previous one ended. Also the Running → script started part of each."""
-    p4 = Figure(
-        key="P4",
-        title="no-op step, Running → Completed, with early_slot",
-        unit="s",
-        baseline_name="the same without early_slot",
-        goal="pays: the difference of the medians beyond the spread of either side",
-    )
-    body = {"with": Series(), "without": Series()}  # Running → the script started
-    home = WORK / f"early-{uuid.uuid4().hex[:6]}"
-    env = base_env(home)
-    starts = Path(env["BENCH_STARTS"])
-    with durable_postgres() as pg_url, prefect_server(home) as server:
-        env = worker_environment(env) | {"PREFECT_API_URL": server.url, "DATABASE_URL": pg_url}
-        since = time.time()
-        worker = spawn(worker_command(), env | {"POLIGRAPH_WORKER_DEPLOY": "true"}, home / "worker.log")
-        try:
-            name = f"sync-script/{SCRIPT}"
-            ids = wait_until(lambda: asyncio.run(deployment_ids(server.url, [name])), 180, "the deployment")
-            wait_until(lambda: worker_online(server.url, WORKER_NAME, since), 120, "the worker", interval=0.5)
-            engine = sa.create_engine(pg_url)
-            with httpx.Client(timeout=30) as client:
-                for i in range(rounds + 1):  # the first round warms up
-                    for side in ("with", "without")[:: 1 if i % 2 else -1]:
-                        before = set(starts.glob("*.start"))
-                        switch = {"BENCH_NO_EARLY_SLOT": "1" if side == "without" else "0"}
-                        run = create_bare_run(
-                            client,
-                            f"{server.url}/deployments/{ids[name]}",
-                            {"parameters": {"job_id": pending_row(engine)}, "job_variables": {"env": switch}},
-                        )
-                        script_start = wait_until(
-                            lambda b=before: started_at(starts, SCRIPT, b), 60, "the step", interval=0.02
-                        )
-                        wait_until(
-                            lambda r=run["id"]: finished(server.url, r), 120, "the run to end", interval=0.1
-                        )
-                        seen = asyncio.run(states(server.url, run["id"]))
-                        assert "Completed" in seen, f"{side} run ended {seen}"
-                        if i == 0:
-                            continue
-                        step = seen["Completed"] - seen["Running"]
-                        (p4.ours if side == "with" else p4.baseline).add(step)
-                        body[side].add(script_start - seen["Running"])
-                        print(
-                            f"  P4 round {i} {side} early_slot: Running → Completed {step:.3f} s", flush=True
-                        )
-        finally:
-            stop(worker, 60)
-    p4.passes = lambda f: f.baseline.median - f.ours.median > max(spread(f.ours), spread(f.baseline))
-    p4.notes.append(
-        f"{rounds} rounds; spread (max - min): with {spread(p4.ours):.3f} s, without "
-        f"{spread(p4.baseline):.3f} s; difference of the medians (without - with) "
-        f"{p4.baseline.median - p4.ours.median:+.3f} s"
-    )
-    p4.notes.append(
-        "Running → script started: "
-        + "; ".join(f"{side} {series.summary()} s" for side, series in body.items())
-    )
-    return p4
-
-
-def spread(series: Series) -> float:
-    return max(series.values) - min(series.values)
-
-
 def _stamp(value: str) -> float:
     from datetime import datetime
 
@@ -408,14 +335,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument(
-        "--early-slot-ab",
-        action="store_true",
-        help="P4 alone, with and without flows/early_slot.py, --runs rounds of each, interleaved",
-    )
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    figures = [early_slot_comparison(args.runs)] if args.early_slot_ab else flow_start_figures(args.runs)
+    figures = flow_start_figures(args.runs)
     print(f"machine at the end: {machine()}")
     print_table(figures)
 

@@ -17,9 +17,8 @@ from prefect.states import Cancelled, State
 
 from deployments.plans import Plan, PlannedStep
 from deployments.safe_text import safe_text
-from deployments.specs import script_limit_name
 from deployments.syncjob import job_id_for_flow_run
-from flows import artifacts, early_slot, row_texts
+from flows import artifacts, row_texts
 from flows.alerts import alert_failure
 from flows.errors import RunError
 from flows.progress_writer import RunRepository, run_repository
@@ -53,18 +52,15 @@ def execute_plan(plan: Plan, job_id: str | None) -> dict[str, Any] | State[Any]:
     repository = run_repository()  # states retried through DB blips, progress in the background
     job = row_id(job_id)
     run_id = str(flow_run.id)
-    first = plan.steps[0] if plan.steps else None
-    first_slot = script_limit_name(first.script) if first and not first.disabled else None
-    with early_slot.first_step_slot(first_slot, run_id):  # asked for while RUNNING is written
-        if not repository.mark_running(job, plan.job_script, run_id):
-            logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
-            return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
-        logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
-        # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
-        # (written after the run's final state: the flow's hooks wait for it, flows/hooks.py)
-        with artifacts.run_artifacts(plan, job, run_id, flush_later=True) as results:
-            run_steps(plan, job, repository, logger, results)
-            return finish(plan, job, results, repository)
+    if not repository.mark_running(job, plan.job_script, run_id):
+        logger.warning("SyncJob %s was cancelled before the run started: nothing to do", job)
+        return Cancelled(message=f"SyncJob {job} was cancelled before the run started")
+    logger.info("SyncJob %s (%s): %d step(s)", job, plan.job_script, len(plan.steps))
+    # run_artifacts: live progress in the UI, and a summary at the end, even when a step fails
+    # (written after the run's final state: the flow's hooks wait for it, flows/hooks.py)
+    with artifacts.run_artifacts(plan, job, run_id, flush_later=True) as results:
+        run_steps(plan, job, repository, logger, results)
+        return finish(plan, job, results, repository)
 
 
 def run_steps(

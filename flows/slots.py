@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -183,21 +183,15 @@ def slot_api() -> SlotApi:
 
 
 @contextmanager
-def held_slot(
-    name: str,
-    logger: Logger,
-    holder: dict[str, str] | None = None,
-    taken_over: Callable[[str], Lease | None] = lambda _name: None,
-) -> Iterator[None]:
-    """Hold a slot of the global concurrency limit `name` for the block (a lease `taken_over`
-    gives for `name`, else a new one).
+def held_slot(name: str, logger: Logger, holder: dict[str, str] | None = None) -> Iterator[None]:
+    """Hold a slot of the global concurrency limit `name` for the block.
 
     The lease is renewed by Prefect's renewal loop while held; if renewal fails for good the block
     is cancelled (a slot we no longer own must not cover a running script). A release that cannot
     reach the server does not fail a block that succeeded: the lease expires within LEASE_SECONDS
     and the server's repossessor frees the slot.
     """
-    lease = taken_over(name) or slot_api().acquire(name, holder)
+    lease = slot_api().acquire(name, holder)
     events = emit_concurrency_acquisition_events(lease.limits, 1)
     try:
         with maintain_concurrency_lease(lease.id, LEASE_SECONDS, raise_on_lease_renewal_failure=True):

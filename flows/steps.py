@@ -16,7 +16,6 @@ stays right whatever the log receives.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections import deque
@@ -30,7 +29,7 @@ from prefect.runtime import flow_run, task_run
 from deployments.plans import PlannedStep
 from deployments.settings import Settings, get_settings
 from deployments.specs import script_limit_name
-from flows import early_slot, row_texts
+from flows import row_texts
 from flows.errors import RunError
 from flows.process_tree import RUN_TAG
 from flows.progress import parse_progress
@@ -242,9 +241,7 @@ def run_step(step: PlannedStep, job_id: str, step_index: int, step_count: int) -
     )
     argv = step_argv(settings, step)
     holder = {"type": "task_run", "id": str(task_run.id)} if task_run.id else None
-    run_id = str(flow_run.id)
-    early = functools.partial(early_slot.take, flow_run_id=run_id)
-    with held_slot(script_limit_name(step.script), logger, holder, taken_over=early):
+    with held_slot(script_limit_name(step.script), logger, holder):
         logger.info("$ %s (timeout %ss)", " ".join(argv), int(step.timeout_seconds))
         output = OutputLogger(logger, tracker, LogBudget.from_settings(settings), settings.tail_lines)
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 
 import httpx
@@ -15,7 +14,6 @@ import respx
 
 from deployments.specs import script_limit_name
 from deployments.syncjob import job_id_for_flow_run
-from flows import early_slot
 from flows.slots import slot_api
 from flows.sync_script import sync_script
 from support.polling import wait_for
@@ -99,7 +97,7 @@ def active_slots(script: str) -> int:
     return int(limit["active_slots"])
 
 
-def test_a_run_asks_for_its_first_slot_once_and_its_step_holds_that_lease(syncjobs, stubs, free_gamma):
+def test_a_run_asks_for_its_slot_once_from_its_step_and_gives_it_back_once(syncjobs, stubs, free_gamma):
     with respx.mock(assert_all_called=False) as router:
         increments = router.route(method="POST", url__regex=INCREMENT).pass_through()
         releases = router.route(method="POST", url__regex=RELEASE).pass_through()
@@ -107,52 +105,34 @@ def test_a_run_asks_for_its_first_slot_once_and_its_step_holds_that_lease(syncjo
         state = sync_script(script="gamma", return_state=True)
     assert state.is_completed(), state
     # (respx lists a passed-through request twice: distinct requests are counted)
-    assert holders(increments) == {"flow_run"}  # asked for by the run; the step asked nothing
+    assert holders(increments) == {"task_run"}  # asked for by the step, nothing by the run itself
+    assert len({call.request.content for call in increments.calls}) == 1
     assert len({call.request.content for call in releases.calls}) == 1
     assert active_slots("gamma") == 0
 
 
-def test_a_slot_asked_for_early_is_given_back_when_the_row_was_cancelled_first(syncjobs, stubs, free_gamma):
-    syncjobs.create_pending("cearlyslot00000000000001", "gamma")
-    assert syncjobs.cancel("cearlyslot00000000000001")
-    state = sync_script(script="gamma", job_id="cearlyslot00000000000001", return_state=True)
+def test_a_run_whose_row_was_cancelled_first_takes_no_slot(syncjobs, stubs, free_gamma):
+    syncjobs.create_pending("cslotcancel0000000000001", "gamma")
+    assert syncjobs.cancel("cslotcancel0000000000001")
+    with respx.mock(assert_all_called=False) as router:
+        increments = router.route(method="POST", url__regex=INCREMENT).pass_through()
+        router.route().pass_through()
+        state = sync_script(script="gamma", job_id="cslotcancel0000000000001", return_state=True)
     assert state.is_cancelled(), state
     assert stubs.intervals("gamma") == []
-    wait_for(lambda: active_slots("gamma") == 0, timeout=10, what="the early slot given back")
+    assert increments.call_count == 0
+    wait_for(lambda: active_slots("gamma") == 0, timeout=10, what="no slot of gamma held")
 
 
-def test_an_early_request_queued_behind_another_run_does_not_hold_a_cancelled_run_up(
-    syncjobs, stubs, free_gamma, monkeypatch
-):
-    given_back = threading.Event()
-    give_back_late = early_slot._release_done
-
-    def seen_giving_back(*args):
-        give_back_late(*args)
-        given_back.set()
-
-    monkeypatch.setattr(early_slot, "_release_done", seen_giving_back)
+def test_a_cancelled_run_is_not_held_up_by_a_slot_another_run_holds(syncjobs, stubs, free_gamma):
     other = slot_api().acquire(script_limit_name("gamma"))  # another run is running gamma
     try:
-        syncjobs.create_pending("cearlyslot00000000000002", "gamma")
-        assert syncjobs.cancel("cearlyslot00000000000002")
-        # returns although the early request is still waiting for the slot (it would wait forever)
-        state = sync_script(script="gamma", job_id="cearlyslot00000000000002", return_state=True)
+        syncjobs.create_pending("cslotcancel0000000000002", "gamma")
+        assert syncjobs.cancel("cslotcancel0000000000002")
+        # returns at once although the slot is held (a request for it would wait as long)
+        state = sync_script(script="gamma", job_id="cslotcancel0000000000002", return_state=True)
         assert state.is_cancelled(), state
         assert active_slots("gamma") == 1
     finally:
         slot_api().release(other)
-    # the waiting request gets the slot once the other run frees it, and gives it straight back
-    # (waited for as such: the count is also 0 in the moment before the request gets the slot)
-    wait_for(given_back.is_set, timeout=30, what="the late early slot given back")
-    assert active_slots("gamma") == 0
-
-
-def test_a_step_whose_early_request_failed_asks_for_its_slot_itself(syncjobs, stubs, free_gamma):
-    with respx.mock(assert_all_called=False) as router:
-        route = first_answer_then_the_server(router, INCREMENT, httpx.Response(404, json={"detail": "?"}))
-        router.route().pass_through()
-        state = sync_script(script="gamma", return_state=True)
-    assert state.is_completed(), state
-    assert holders(route) == {"flow_run", "task_run"}  # the early request (refused), the step's own
     assert active_slots("gamma") == 0
