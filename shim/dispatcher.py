@@ -40,7 +40,7 @@ from shim.db_errors import CONFLICT_ATTEMPTS, OutageLog, is_conflict, is_unavail
 from shim.event_feed import EventFeed
 from shim.mapping import FAIL_JOB, RUN
 from shim.metrics import ShimMetrics
-from shim.outbox import DONE, FAILED, PENDING, EventOutbox, Outcome
+from shim.outbox import DONE, FAILED, PENDING, ClaimedEvent, EventOutbox, Outcome
 from shim.prefect_api import (
     BULK_LIMIT,
     DeploymentNotFound,
@@ -49,6 +49,7 @@ from shim.prefect_api import (
     PrefectDown,
     PrefectError,
     RunRequest,
+    RunResult,
 )
 from shim.settings import ShimSettings
 
@@ -63,19 +64,19 @@ EMIT_INTERVAL = 0.5  # seconds between two looks at the queue of Prefect events
 T = TypeVar("T")
 
 
-def idempotency_key(row: dict[str, Any]) -> str:
-    return f"{row['deployment']}:{row['pk']}"
+def idempotency_key(row: ClaimedEvent) -> str:
+    return f"{row.deployment}:{row.pk}"
 
 
-def run_tags(row: dict[str, Any]) -> list[str]:
+def run_tags(row: ClaimedEvent) -> list[str]:
     """The tags a run gets from its event: the UI's filter by event name, and the event id that
     links the run to the outbox row, the client's reply and the Prefect event feed."""
-    return ["inngest", f"event:{row['name']}", f"inngest-event:{row['event_id']}"]
+    return ["inngest", f"event:{row.name}", f"inngest-event:{row.event_id}"]
 
 
-def run_labels(row: dict[str, Any]) -> dict[str, str]:
+def run_labels(row: ClaimedEvent) -> dict[str, str]:
     """The same link as key-value labels on the run, readable without parsing tags."""
-    return {"inngest.event.id": row["event_id"], "inngest.event.name": row["name"]}
+    return {"inngest.event.id": row.event_id, "inngest.event.name": row.name}
 
 
 class PrefectGate:
@@ -313,24 +314,24 @@ class Dispatcher:
                     self.outbox.apply(conn, outcomes)
             return len(rows)
 
-    async def _handle(self, rows: list[dict[str, Any]]) -> list[Outcome]:
+    async def _handle(self, rows: list[ClaimedEvent]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        by_deployment: dict[str, list[dict[str, Any]]] = {}
+        by_deployment: dict[str | None, list[ClaimedEvent]] = {}
         for row in rows:
-            if row["action"] == FAIL_JOB:
-                self._fail_job(row["job_id"], row["reason"])
+            if row.action == FAIL_JOB:
+                self._fail_job(row.job_id, row.reason)
                 self.metrics.dispatch_attempts.labels("job_failed").inc()
-                outcomes.append(Outcome(row["pk"], DONE))
-            elif row["action"] == RUN:
-                by_deployment.setdefault(row["deployment"], []).append(row)
+                outcomes.append(Outcome(row.pk, DONE))
+            elif row.action == RUN:
+                by_deployment.setdefault(row.deployment, []).append(row)
             else:  # pragma: no cover - only pending rows get here
-                outcomes.append(Outcome(row["pk"], DONE))
+                outcomes.append(Outcome(row.pk, DONE))
         size = self.gate.chunk
         chunks = [group[i : i + size] for group in by_deployment.values() for i in range(0, len(group), size)]
         width = int(self.gate.concurrency)
         slots = asyncio.Semaphore(width)
 
-        async def create(index: int, chunk: list[dict[str, Any]]) -> list[Outcome]:
+        async def create(index: int, chunk: list[ClaimedEvent]) -> list[Outcome]:
             async with slots:
                 # the first wave always goes; later requests only while Prefect is fine
                 if index >= width and not self.gate.open():
@@ -341,11 +342,11 @@ class Dispatcher:
             outcomes.extend(done)
         return outcomes
 
-    async def _create_chunk(self, rows: list[dict[str, Any]]) -> list[Outcome]:
-        name = rows[0]["deployment"]
+    async def _create_chunk(self, rows: list[ClaimedEvent]) -> list[Outcome]:
+        name = str(rows[0].deployment)  # a RUN row always names its deployment
         api = self.api()
         requests = [
-            RunRequest(row["parameters"] or {}, idempotency_key(row), run_tags(row), run_labels(row))
+            RunRequest(row.parameters or {}, idempotency_key(row), run_tags(row), run_labels(row))
             for row in rows
         ]
         deployment_id: str | None = None
@@ -368,8 +369,8 @@ class Dispatcher:
         finally:
             self.metrics.prefect_request_seconds.observe(api.last_call_seconds)
         outcomes: list[Outcome] = []
-        busy: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []
+        busy: list[ClaimedEvent] = []
+        failed: list[ClaimedEvent] = []
         for row, result in zip(rows, results, strict=True):
             error = result.error or ""
             if result.flow_run_id is not None:
@@ -391,26 +392,26 @@ class Dispatcher:
             outcomes.extend(self._retry_later(failed, refused, "error"))
         return outcomes
 
-    def _created(self, row: dict[str, Any], flow_run_id: str, deployment_id: str | None) -> Outcome:
+    def _created(self, row: ClaimedEvent, flow_run_id: str, deployment_id: str | None) -> Outcome:
         self.metrics.dispatch_attempts.labels("created").inc()
-        self.metrics.dispatch_latency.observe(max(0.0, (utcnow() - row["received_at"]).total_seconds()))
+        self.metrics.dispatch_latency.observe(max(0.0, (utcnow() - row.received_at).total_seconds()))
         self.event_feed.run_created(row, deployment_id, flow_run_id)
-        log.info("event %s (%s) -> flow run %s", row["event_id"], row["name"], flow_run_id)
-        return Outcome(row["pk"], DONE, flow_run_id=flow_run_id)
+        log.info("event %s (%s) -> flow run %s", row.event_id, row.name, flow_run_id)
+        return Outcome(row.pk, DONE, flow_run_id=flow_run_id)
 
-    def _refused(self, row: dict[str, Any], reason: str) -> Outcome:
-        self._fail_job(row["job_id"], reason)
+    def _refused(self, row: ClaimedEvent, reason: str) -> Outcome:
+        self._fail_job(row.job_id, reason)
         self.metrics.dispatch_attempts.labels("failed").inc()
         self.event_feed.run_refused(row, reason)
-        log.warning("event %s (%s): %s", row["event_id"], row["name"], reason)
-        return Outcome(row["pk"], FAILED, error=reason)
+        log.warning("event %s (%s): %s", row.event_id, row.name, reason)
+        return Outcome(row.pk, FAILED, error=reason)
 
-    def _retry_when_open(self, rows: list[dict[str, Any]], exc: Exception, kind: str) -> list[Outcome]:
+    def _retry_when_open(self, rows: list[ClaimedEvent], exc: Exception, kind: str) -> list[Outcome]:
         """Prefect busy or down: the events are due again as soon as the gate opens."""
         self.metrics.dispatch_errors.labels(kind).inc()
         return self._postponed(rows, exc, lambda _attempts: 0.0)
 
-    def _retry_later(self, rows: list[dict[str, Any]], exc: Exception, kind: str) -> list[Outcome]:
+    def _retry_later(self, rows: list[ClaimedEvent], exc: Exception, kind: str) -> list[Outcome]:
         """A failure of these events alone: exponential backoff, each."""
         self.metrics.dispatch_errors.labels(kind).inc()
         return self._postponed(
@@ -418,25 +419,23 @@ class Dispatcher:
         )
 
     def _postponed(
-        self, rows: list[dict[str, Any]], exc: Exception, delay_of: Callable[[int], float]
+        self, rows: list[ClaimedEvent], exc: Exception, delay_of: Callable[[int], float]
     ) -> list[Outcome]:
         error = f"{type(exc).__name__}: {exc}"
         now = utcnow()
         outcomes = []
         for row in rows:
-            attempts = row["attempts"] + 1
+            attempts = row.attempts + 1
             delay = delay_of(attempts)
             outcomes.append(
-                Outcome(
-                    row["pk"], PENDING, error=error, attempts=attempts, next_attempt_at=_later(now, delay)
-                )
+                Outcome(row.pk, PENDING, error=error, attempts=attempts, next_attempt_at=_later(now, delay))
             )
             self.metrics.dispatch_attempts.labels("postponed").inc()
         log.warning(
             "%d event(s) of %s: attempt failed, retried %s: %s",
             len(rows),
-            rows[0]["deployment"],
-            f"in {delay_of(rows[0]['attempts'] + 1):.1f}s" if delay_of(1) else "when Prefect is back",
+            rows[0].deployment,
+            f"in {delay_of(rows[0].attempts + 1):.1f}s" if delay_of(1) else "when Prefect is back",
             error,
         )
         return outcomes
@@ -452,5 +451,5 @@ def _later(now: datetime, seconds: float) -> datetime:
     return now + timedelta(seconds=seconds)
 
 
-def _first_error(results: list[Any], some: list[dict[str, Any]], rows: list[dict[str, Any]]) -> str:
+def _first_error(results: list[RunResult], some: list[ClaimedEvent], rows: list[ClaimedEvent]) -> str:
     return str(results[rows.index(some[0])].error or "not created")[:2000]

@@ -23,10 +23,11 @@ import collections
 import threading
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from shim.events import InboundEvent
+from shim.jsonvalues import JSONObject
 from shim.mapping import RUN, EventAction
+from shim.outbox import ClaimedEvent
 from shim.text import printable
 
 MAX_QUEUED = 20_000  # ~1 KB each: a 10,000-event burst fits
@@ -47,12 +48,12 @@ class EventFeed:
 
     def __init__(self, enabled: bool = True, max_queued: int = MAX_QUEUED) -> None:
         self.enabled = enabled
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[JSONObject] = collections.deque()
         self._max = max_queued
         self._lock = threading.Lock()
         self.dropped = 0  # since the last `take_dropped`
 
-    def _put(self, event: dict[str, Any]) -> None:
+    def _put(self, event: JSONObject) -> None:
         if not self.enabled:
             return
         with self._lock:
@@ -61,11 +62,11 @@ class EventFeed:
                 self.dropped += 1
             self._queue.append(event)
 
-    def take(self, limit: int) -> list[dict[str, Any]]:
+    def take(self, limit: int) -> list[JSONObject]:
         with self._lock:
             return [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
 
-    def give_back(self, events: list[dict[str, Any]]) -> None:
+    def give_back(self, events: list[JSONObject]) -> None:
         """Events that could not be sent: first in line again (the oldest dropped past the bound)."""
         with self._lock:
             room = self._max - len(self._queue)
@@ -87,7 +88,7 @@ class EventFeed:
         with their run, by `run_created`."""
         if outcome == "accepted":
             return
-        payload: dict[str, Any] = {"name": printable(event.name, MAX_TEXT), "action": action.action}
+        payload: JSONObject = {"name": printable(event.name, MAX_TEXT), "action": action.action}
         if action.job_id:
             payload["jobId"] = action.job_id
         if action.deployment:
@@ -96,31 +97,31 @@ class EventFeed:
             payload["reason"] = printable(action.reason, MAX_TEXT)
         self._put(self._event(f"inngest.event.{outcome}", event_id, event.name, payload))
 
-    def run_created(self, row: dict[str, Any], deployment_id: str | None, flow_run_id: str) -> None:
+    def run_created(self, row: ClaimedEvent, deployment_id: str | None, flow_run_id: str) -> None:
         """An event's flow run exists (`row`: the event's outbox row)."""
         related = [_related("flow-run", flow_run_id)]
         if deployment_id:
             related.append(_related("deployment", deployment_id))
         payload = {
-            "name": row["name"],
+            "name": row.name,
             "action": RUN,
-            "deployment": row["deployment"],
+            "deployment": row.deployment,
             "flowRunId": flow_run_id,
         }
-        if row["job_id"]:
-            payload["jobId"] = row["job_id"]
-        self._put(self._event("inngest.event.accepted", row["event_id"], row["name"], payload, related))
+        if row.job_id:
+            payload["jobId"] = row.job_id
+        self._put(self._event("inngest.event.accepted", row.event_id, row.name, payload, related))
 
-    def run_refused(self, row: dict[str, Any], reason: str) -> None:
+    def run_refused(self, row: ClaimedEvent, reason: str) -> None:
         """Prefect refused the run of a stored event (its parameters broke the deployment's schema)."""
         payload = {
-            "name": row["name"],
-            "deployment": row["deployment"],
+            "name": row.name,
+            "deployment": row.deployment,
             "reason": printable(reason, MAX_TEXT),
         }
-        if row["job_id"]:
-            payload["jobId"] = row["job_id"]
-        self._put(self._event("inngest.event.refused", row["event_id"], row["name"], payload))
+        if row.job_id:
+            payload["jobId"] = row.job_id
+        self._put(self._event("inngest.event.refused", row.event_id, row.name, payload))
 
     def request_refused(self, status: int, error: str) -> None:
         request_id = str(uuid.uuid4())
@@ -139,9 +140,9 @@ class EventFeed:
         kind: str,
         event_id: str,
         name: str,
-        payload: dict[str, Any],
+        payload: JSONObject,
         related: list[dict[str, str]] | None = None,
-    ) -> dict[str, Any]:
+    ) -> JSONObject:
         return {
             "id": str(uuid.uuid5(_NAMESPACE, f"{event_id}/{kind}")),
             "occurred": _now(),

@@ -23,6 +23,9 @@ _NUMBER_ECHO = 40  # characters of a refused number repeated in the error text
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+# A decoded JSON object: an event's data, a run's parameters, a Prefect event. Such documents stay
+# plain dicts (that is what they are); the shim's own rows and results are dataclasses.
+JSONObject = dict[str, Any]
 
 
 class JSONValueError(ShimError, ValueError):

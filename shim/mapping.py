@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from deployments.catalog import Catalog
 from deployments.flags import FlagError
 from deployments.plans import plan_group, plan_script
 from deployments.specs import GROUP, DeploymentSpec, deployment_specs, spec_for_event
+from shim.jsonvalues import JSONObject
 from shim.text import printable
 
 # A SyncJob id as the app makes them (Prisma cuid: "c" + 24 base-36 characters), with room for
@@ -26,25 +28,32 @@ JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 JOB_ID_RULE = "1 to 64 characters of A-Z a-z 0-9 _ -"
 REASON_MAX_CHARS = 1000
 
-RUN = "run"  # create a flow run
-FAIL_JOB = "fail_job"  # no run; mark the given SyncJob FAILED with the reason
-NOTHING = "nothing"  # no run, no row to tell
+
+class Action(StrEnum):
+    """What an event will do; stored as its value in the outbox's `action` column."""
+
+    RUN = "run"  # create a flow run
+    FAIL_JOB = "fail_job"  # no run; mark the given SyncJob FAILED with the reason
+    NOTHING = "nothing"  # no run, no row to tell
+
+
+RUN, FAIL_JOB, NOTHING = Action.RUN, Action.FAIL_JOB, Action.NOTHING
 
 
 @dataclass(frozen=True)
 class EventAction:
-    action: str
+    action: Action
     deployment: str | None = None  # flow/deployment
-    parameters: dict[str, Any] | None = None
+    parameters: JSONObject | None = None
     job_id: str | None = None
     reason: str | None = None
 
 
-def map_event(catalog: Catalog, name: str, data: dict[str, Any]) -> EventAction:
+def map_event(catalog: Catalog, name: str, data: JSONObject) -> EventAction:
     return _map(PlanCheck(catalog), spec_for_event(catalog, name), name, data)
 
 
-def map_events(catalog: Catalog, events: list[tuple[str, dict[str, Any]]]) -> list[EventAction]:
+def map_events(catalog: Catalog, events: list[tuple[str, JSONObject]]) -> list[EventAction]:
     """`map_event` for each (name, data) of a request."""
     return EventRouter(catalog).map_events(events)
 
@@ -60,7 +69,7 @@ class EventRouter:
         }
         self._plans = PlanCheck(catalog)
 
-    def map_events(self, events: list[tuple[str, dict[str, Any]]]) -> list[EventAction]:
+    def map_events(self, events: list[tuple[str, JSONObject]]) -> list[EventAction]:
         return [_map(self._plans, self._by_event.get(name), name, data) for name, data in events]
 
 
@@ -88,7 +97,7 @@ class PlanCheck:
         self._passed.add(key)
 
 
-def _map(plans: PlanCheck, spec: DeploymentSpec | None, name: str, data: dict[str, Any]) -> EventAction:
+def _map(plans: PlanCheck, spec: DeploymentSpec | None, name: str, data: JSONObject) -> EventAction:
     raw_job = data.get("jobId")
     job_id = raw_job if isinstance(raw_job, str) and JOB_ID_RE.fullmatch(raw_job) else None
     if spec is None:
@@ -111,8 +120,8 @@ def _refuse(job_id: str | None, reason: str) -> EventAction:
     return EventAction(FAIL_JOB if job_id else NOTHING, job_id=job_id, reason=safe)
 
 
-def _parameters(plans: PlanCheck, kind: str, target: str, data: dict[str, Any]) -> dict[str, Any]:
-    parameters: dict[str, Any] = {}
+def _parameters(plans: PlanCheck, kind: str, target: str, data: JSONObject) -> JSONObject:
+    parameters: JSONObject = {}
     limit = data.get("limit")
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -133,7 +142,7 @@ def _parameters(plans: PlanCheck, kind: str, target: str, data: dict[str, Any]) 
     return parameters
 
 
-def _flags(catalog: Catalog, script: str, flags: Any, keys: dict[str, Any]) -> list[str] | None:
+def _flags(catalog: Catalog, script: str, flags: Any, keys: JSONObject) -> list[str] | None:
     items: list[str] = []
     if flags is not None:
         if not isinstance(flags, str):

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import psycopg.conninfo
@@ -21,12 +23,29 @@ from sqlalchemy.engine import Connection, Engine
 from deployments.settings import Settings, get_settings
 from deployments.syncjob import sqlalchemy_url, utcnow
 from shim.events import InboundEvent
-from shim.mapping import NOTHING, EventAction
+from shim.jsonvalues import JSONObject
+from shim.mapping import NOTHING, Action, EventAction
 from shim.settings import ShimSettings
 from shim.tables import inngest_dedupe, inngest_event
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-PENDING, DONE, DUPLICATE, FAILED = "pending", "done", "duplicate", "failed"
+
+
+class EventStatus(StrEnum):
+    """An event row's `status` (stored as its value)."""
+
+    PENDING = "pending"  # the dispatcher still has to act
+    DONE = "done"  # its run was created, or it needed none
+    DUPLICATE = "duplicate"  # its dedupe key was held: no run
+    FAILED = "failed"  # Prefect refused its run
+
+
+PENDING, DONE, DUPLICATE, FAILED = (
+    EventStatus.PENDING,
+    EventStatus.DONE,
+    EventStatus.DUPLICATE,
+    EventStatus.FAILED,
+)
 MAX_PLAIN_DEDUPE_KEY = 200  # characters; a btree index entry holds at most ~2700 bytes
 HEAD_REVISION = "0003"  # the latest migration (a test checks it against Alembic's head)
 
@@ -96,10 +115,64 @@ def dedupe_key_of(user_id: str) -> str:
 @dataclass(frozen=True)
 class Recorded:
     event_id: str
-    status: str
+    status: EventStatus
 
 
 EventBatch = list[tuple[str, InboundEvent, EventAction]]  # one request's events: (id, event, action)
+
+
+class NewEvent(NamedTuple):
+    """An event row as intake inserts it (the columns it decides; status and times are the
+    statement's). A named tuple: one is built for every event received, in less time than a
+    frozen dataclass."""
+
+    pk: str
+    event_id: str
+    user_id: str | None
+    dedupe_key: str
+    name: str
+    payload: JSONObject
+    action: Action
+    deployment: str | None
+    parameters: JSONObject | None
+    job_id: str | None
+    reason: str | None
+
+    def columns(self) -> dict[str, Any]:
+        """Column -> value, for the statement (the JSON values as they are: not copied)."""
+        return self._asdict()
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    """A pending event as the dispatcher claims it: what it needs to act and to report."""
+
+    pk: str
+    event_id: str
+    name: str
+    action: Action
+    deployment: str | None
+    parameters: JSONObject | None
+    job_id: str | None
+    reason: str | None
+    attempts: int
+    received_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> ClaimedEvent:
+        """From a row of the event table (a SQLAlchemy mapping, or `EventOutbox.events()`'s)."""
+        return cls(
+            pk=row["pk"],
+            event_id=row["event_id"],
+            name=row["name"],
+            action=Action(row["action"]),
+            deployment=row["deployment"],
+            parameters=row["parameters"],
+            job_id=row["job_id"],
+            reason=row["reason"],
+            attempts=row["attempts"],
+            received_at=row["received_at"],
+        )
 
 
 @dataclass(frozen=True)
@@ -107,7 +180,7 @@ class Outcome:
     """What the dispatcher decided for one claimed row."""
 
     pk: str
-    status: str = PENDING  # PENDING: postponed to `next_attempt_at`
+    status: EventStatus = PENDING  # PENDING: postponed to `next_attempt_at`
     flow_run_id: str | None = None
     error: str | None = None
     attempts: int = 0
@@ -161,42 +234,47 @@ class EventOutbox:
         url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         return psycopg.conninfo.make_conninfo(url, options=f"-csearch_path={search_path}")
 
-    def _postgres_params(self, rows: list[dict[str, Any]], claims: set[str], now: datetime) -> dict[str, Any]:
+    def _postgres_params(self, rows: list[NewEvent], claims: set[str], now: datetime) -> dict[str, Any]:
         # The JSON values go as JSON texts (cast back in the statement): a \u0000 inside one is
         # valid JSON but not PostgreSQL text, which json_to_recordset would make of it.
         incoming = [
             {
-                **row,
-                "payload": json.dumps(row["payload"]),
-                "parameters": None if row["parameters"] is None else json.dumps(row["parameters"]),
-                "claims": row["pk"] in claims,
+                **row.columns(),
+                "payload": json.dumps(row.payload),
+                "parameters": None if row.parameters is None else json.dumps(row.parameters),
+                "claims": row.pk in claims,
             }
             for row in rows
         ]
         return {"rows": json.dumps(incoming), "now": now, "expires": now + self.dedupe_window}
 
     def _insert_generic(
-        self, conn: Connection, rows: list[dict[str, Any]], claims: set[str], now: datetime
+        self, conn: Connection, rows: list[NewEvent], claims: set[str], now: datetime
     ) -> dict[str, str]:
         claimed = self._claim_dedupe_keys(
-            conn, {row["dedupe_key"]: row["pk"] for row in rows if row["pk"] in claims}, now
+            conn, {row.dedupe_key: row.pk for row in rows if row.pk in claims}, now
         )
+        status_of: dict[str, str] = {}
         for row in rows:
-            if row["pk"] not in claims or row["dedupe_key"] not in claimed:
-                status = DUPLICATE
-            elif row["action"] == NOTHING:
-                status = DONE
+            if row.pk not in claims or row.dedupe_key not in claimed:
+                status_of[row.pk] = DUPLICATE
+            elif row.action == NOTHING:
+                status_of[row.pk] = DONE
             else:
-                status = PENDING
-            row.update(
-                status=status,
-                received_at=now,
-                attempts=0,
-                next_attempt_at=now,
-                done_at=None if status == PENDING else now,
-            )
-        conn.execute(sa.insert(inngest_event), rows)
-        return {row["pk"]: row["status"] for row in rows}
+                status_of[row.pk] = PENDING
+        values = [
+            {
+                **row.columns(),
+                "status": status_of[row.pk],
+                "received_at": now,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "done_at": None if status_of[row.pk] == PENDING else now,
+            }
+            for row in rows
+        ]
+        conn.execute(sa.insert(inngest_event), values)
+        return status_of
 
     def _claim_dedupe_keys(self, conn: Connection, keys: dict[str, str], now: datetime) -> set[str]:
         """The keys (key -> event pk) no live event held: they are now ours for the window.
@@ -220,8 +298,8 @@ class EventOutbox:
         conn: Connection,
         limit: int,
         exclude: list[str] | None = None,
-        actions: tuple[str, ...] | None = None,
-    ) -> list[dict[str, Any]]:
+        actions: tuple[Action, ...] | None = None,
+    ) -> list[ClaimedEvent]:
         """Pending events that are due, oldest first, locked for this transaction on PostgreSQL
         (SKIP LOCKED: another shim passes them by). `actions`: only rows with these actions."""
         query = (
@@ -236,7 +314,7 @@ class EventOutbox:
             query = query.where(inngest_event.c.action.in_(actions))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        return [dict(row) for row in conn.execute(query).mappings()]
+        return [ClaimedEvent.from_row(row) for row in conn.execute(query).mappings()]
 
     def apply(self, conn: Connection, outcomes: list[Outcome]) -> None:
         """Write the dispatcher's outcomes: one statement for the finished rows, one for the
@@ -265,10 +343,9 @@ class EventOutbox:
             ],
         )
 
-    def finish(self, conn: Connection, pk: str, status: str, **values: Any) -> None:
-        self.apply(conn, [Outcome(pk, status, values.get("flow_run_id"), values.get("last_error"))])
-
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every event row with all its columns, as plain dicts: for tests and for looking (the
+        dispatcher's rows are `claim_due`'s `ClaimedEvent`s)."""
         query = sa.select(inngest_event).order_by(inngest_event.c.received_at, inngest_event.c.pk)
         if name:
             query = query.where(inngest_event.c.name == name)
@@ -288,7 +365,7 @@ class EventOutbox:
         return int(count), oldest
 
 
-def _group_rows(requests: list[EventBatch]) -> tuple[list[dict[str, Any]], set[str]]:
+def _group_rows(requests: list[EventBatch]) -> tuple[list[NewEvent], set[str]]:
     """The rows of a group's events, in order, and the pks of the first event of the group with
     each dedupe key (the only ones that may claim it)."""
     rows = []
@@ -306,31 +383,31 @@ def _group_rows(requests: list[EventBatch]) -> tuple[list[dict[str, Any]], set[s
 
 
 def _recorded(
-    requests: list[EventBatch], rows: list[dict[str, Any]], status_of: dict[str, str]
+    requests: list[EventBatch], rows: list[NewEvent], status_of: dict[str, str]
 ) -> list[list[Recorded]]:
     recorded: list[list[Recorded]] = []
     position = 0
     for request in requests:
         part = rows[position : position + len(request)]
-        recorded.append([Recorded(row["event_id"], status_of[row["pk"]]) for row in part])
+        recorded.append([Recorded(row.event_id, EventStatus(status_of[row.pk])) for row in part])
         position += len(request)
     return recorded
 
 
-def _event_row(pk: str, key: str, event_id: str, event: InboundEvent, action: EventAction) -> dict[str, Any]:
-    return {
-        "pk": pk,
-        "event_id": event_id,
-        "user_id": event.id.replace("\x00", "\ufffd") or None,  # text holds no NUL
-        "dedupe_key": key,
-        "name": event.name,
-        "payload": event.as_json(),
-        "action": action.action,
-        "deployment": action.deployment,
-        "parameters": action.parameters,
-        "job_id": action.job_id,
-        "reason": action.reason,
-    }
+def _event_row(pk: str, key: str, event_id: str, event: InboundEvent, action: EventAction) -> NewEvent:
+    return NewEvent(
+        pk=pk,
+        event_id=event_id,
+        user_id=event.id.replace("\x00", "\ufffd") or None,  # text holds no NUL
+        dedupe_key=key,
+        name=event.name,
+        payload=event.as_json(),
+        action=action.action,
+        deployment=action.deployment,
+        parameters=action.parameters,
+        job_id=action.job_id,
+        reason=action.reason,
+    )
 
 
 # One round trip for a whole group: the incoming rows as one JSON document (one json.dumps in C;

@@ -22,7 +22,7 @@ from prefect.client.orchestration import get_client
 from deployments.catalog import get_catalog
 from deployments.settings import get_settings
 from shim.dispatcher import Dispatcher, idempotency_key
-from shim.outbox import open_outbox
+from shim.outbox import ClaimedEvent, open_outbox
 from shim.settings import ShimSettings
 from support.polling import run_async, wait_for
 from support.ports import free_port
@@ -155,7 +155,9 @@ def test_a_run_created_before_a_crash_is_found_again_not_duplicated(outbox, shim
         with get_client(sync_client=True) as client:  # what happened before the crash
             deployment = client.read_deployment_by_name(row["deployment"])
             first = client.create_flow_run_from_deployment(
-                deployment.id, parameters=row["parameters"], idempotency_key=idempotency_key(row)
+                deployment.id,
+                parameters=row["parameters"],
+                idempotency_key=idempotency_key(ClaimedEvent.from_row(row)),
             ).id
         drain(dispatcher, outbox)
     (row,) = outbox.events()
