@@ -106,20 +106,6 @@ async def run_by_tag(api_url: str, tag: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
-def pending_row(engine: sa.Engine) -> str:
-    """What the admin inserts before its send: a PENDING SyncJob row of SCRIPT; its id."""
-    job_id = f"cbench{uuid.uuid4().hex[:19]}"
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                'INSERT INTO "SyncJob" (id, script, status, progress, "createdAt") '
-                "VALUES (:id, :script, 'PENDING', 0, now())"
-            ),
-            {"id": job_id, "script": SCRIPT},
-        )
-    return job_id
-
-
 def create_bare_run(client: httpx.Client, deployment_url: str) -> dict[str, Any]:
     """One create call, sent again after a 503 (Prefect's SQLite busy) as any client would."""
     while True:
@@ -252,7 +238,15 @@ def flow_start_figures(runs: int) -> list[Figure]:
                     for side in sides[i % 3 :] + sides[: i % 3]:
                         before = set(starts.glob("*.start"))
                         if side == "ours":
-                            job_id = pending_row(engine)
+                            job_id = f"cbench{uuid.uuid4().hex[:19]}"
+                            with engine.begin() as conn:
+                                conn.execute(
+                                    sa.text(
+                                        'INSERT INTO "SyncJob" (id, script, status, progress, "createdAt") '
+                                        "VALUES (:id, :script, 'PENDING', 0, now())"
+                                    ),
+                                    {"id": job_id, "script": SCRIPT},
+                                )
                             body = [{"name": f"sync/{SCRIPT}", "data": {"jobId": job_id}}]
                             reply = client.post(f"{shim_url}/e/{KEY}", content=json.dumps(body))
                             t0 = time.time()
