@@ -84,15 +84,18 @@ def create_app(
         app.state.intake = Intake(
             app.state.committer, catalog_of, metrics, event_feed, settings.intake_threads
         )
-        # finished events and expired keys leave the outbox (shim.retention), beside the dispatcher
+        # finished events and expired keys leave the outbox (shim.retention), beside the dispatcher;
+        # a thread, not a task: its statements block, and it owes the dispatcher nothing
         purge = app.state.purge = Purge(app.state.outbox, settings, metrics)
         if run_dispatcher:
-            dispatcher.start()
+            await dispatcher.start()  # tasks of this event loop
             purge.start()
+        else:
+            dispatcher.bind()  # passes only when asked for (`dispatch_due`, tests)
         yield
         await app.state.committer.aclose()
         await asyncio.to_thread(purge.stop)
-        dispatcher.stop()
+        await dispatcher.aclose()
 
     app = FastAPI(title="poligraph-jobs Inngest shim", lifespan=lifespan, openapi_url=None)
     app.add_middleware(  # open as the Inngest server's (docs/event-api-protocol.md, "Replies")

@@ -1,6 +1,8 @@
 """Turn pending events into flow runs, exactly once, whatever fails or restarts in between.
 
-One thread runs an event loop with one long-lived Prefect API client (`shim.prefect_api`). Each
+It runs as two asyncio tasks of the app's lifespan (`start`, `aclose`), on the app's event loop,
+with one long-lived Prefect API client (`shim.prefect_api`); its database calls (SQLAlchemy,
+blocking) go to threads, a few at a time, so that the loop is never held by them. Each
 pass claims a batch of due events (on PostgreSQL locked with FOR UPDATE SKIP LOCKED for the whole
 pass, so another shim passes them by), creates their runs with Prefect's bulk endpoint, one
 request per deployment and up to `dispatch_concurrency` requests at once, then writes every
@@ -27,18 +29,21 @@ by their idempotency keys.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import threading
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import Future
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+from sqlalchemy.engine import Connection
 
 from deployments.syncjob import syncjob_repository, utcnow
 from shim.db_errors import CONFLICT_ATTEMPTS, OutageLog, is_conflict, is_unavailable
 from shim.event_feed import EventFeed
-from shim.mapping import FAIL_JOB, RUN
+from shim.mapping import FAIL_JOB, RUN, Action
 from shim.metrics import ShimMetrics
 from shim.outbox import DONE, FAILED, PENDING, ClaimedEvent, EventOutbox, Outcome
 from shim.prefect_api import (
@@ -61,7 +66,18 @@ _PERMANENT_RUN_ERRORS = ("Parameter validation failed", "Parameter schema enforc
 _BUSY_RUN_ERRORS = ("database is locked", "OperationalError", "DBAPIError", "Service Unavailable")
 EMIT_BATCH = 500  # Prefect events per POST /events
 EMIT_INTERVAL = 0.5  # seconds between two looks at the queue of Prefect events
+# Threads for the dispatcher's database calls (its own: never waiting behind the app's). A pass
+# makes one call at a time, but the SyncJob writes of refused runs come from requests at once.
+DB_THREADS = 4
+P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def idempotency_key(row: ClaimedEvent) -> str:
@@ -157,19 +173,34 @@ class Dispatcher:
         self.metrics = metrics or ShimMetrics()
         self.event_feed = event_feed if event_feed is not None else EventFeed(enabled=False)
         self.gate = PrefectGate(settings, self.metrics)
+        # The event loop it runs on and what belongs to it, set by `bind` (the app's lifespan).
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._thread_lock = threading.Lock()
         self._api: PrefectApi | None = None
         self._wake: asyncio.Event | None = None
         self._pass_lock: asyncio.Lock | None = None
+        self._db_threads: anyio.CapacityLimiter | None = None
         self._stopping = False
         self._backlog = False  # the last pass was full, or Prefect is busy: events must wait
-        self._tasks: list[Future[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
-    # --- lifecycle (from any thread) -------------------------------------------------------
-    def start(self) -> None:
-        self._tasks = [self._submit(self._run()), self._submit(self._emit_loop())]
+    # --- lifecycle (on the app's event loop) -----------------------------------------------
+    def bind(self) -> None:
+        """Attach to the running event loop (the app's): passes, the Prefect client and wake-ups
+        belong to it from now on. `start` binds too; a dispatcher bound but not started only
+        makes the passes asked for (`dispatch_once`, `dispatch_due`)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._pass_lock = asyncio.Lock()
+        self._db_threads = anyio.CapacityLimiter(DB_THREADS)
+        self._stopping = False
+
+    async def start(self) -> None:
+        """The dispatch loop and the Prefect events' loop, as tasks of the running event loop."""
+        self.bind()
+        self._tasks = [
+            asyncio.create_task(self._run(), name="shim-dispatcher"),
+            asyncio.create_task(self._emit_loop(), name="shim-event-feed"),
+        ]
 
     def notify(self, needs_prefect: bool = True) -> None:
         """Events that need work were stored (thread-safe, cheap, coalesced). Events that need
@@ -180,40 +211,47 @@ class Dispatcher:
         if loop is not None and wake is not None and not loop.is_closed():
             loop.call_soon_threadsafe(wake.set)
 
-    def stop(self, timeout: float = 10) -> None:
+    async def aclose(self, timeout: float = 10) -> None:
+        """Stop the tasks (a pass under way finishes first) and close the Prefect client."""
         if self._loop is None:
             return
         self._stopping = True
         self.notify()
-        for task in self._tasks:
-            try:
-                task.result(timeout)
-            except Exception:  # noqa: BLE001 - stopping anyway
-                log.exception("dispatcher task ended with an error")
-        self._submit(self._close()).result(timeout)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._loop.close()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in self._tasks:
+                if task in late:
+                    task.cancel()
+                    log.error("dispatcher task ended with an error", exc_info=TimeoutError())
+                elif not task.cancelled() and (error := task.exception()) is not None:
+                    log.error("dispatcher task ended with an error", exc_info=error)
+            self._tasks = []
+        await self._close()
         self._loop = None
 
+    async def dispatch_once(self) -> int:
+        """Run one pass now, on the running loop; how many events it handled."""
+        if self._loop is None:
+            self.bind()
+        return await self._one_pass()
+
     def dispatch_due(self) -> int:
-        """Run one pass now (from another thread); how many events it handled."""
-        return self._submit(self._one_pass()).result()
+        """Run one pass now from a thread other than the loop's (tests, tools); how many events it
+        handled. On the bound loop while it runs, else on an event loop of its own for this pass."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            if _running_loop() is loop:
+                raise RuntimeError("dispatch_due() would wait on its own event loop: await dispatch_once()")
+            return asyncio.run_coroutine_threadsafe(self._one_pass(), loop).result()
+        return asyncio.run(self._pass_alone())
 
-    def _submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._ensure_loop())
-
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        with self._thread_lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                self._wake = asyncio.Event()
-                self._pass_lock = asyncio.Lock()
-                self._thread = threading.Thread(target=loop.run_forever, name="shim-dispatcher", daemon=True)
-                self._loop = loop
-                self._thread.start()
-            return self._loop
+    async def _pass_alone(self) -> int:
+        self.bind()
+        try:
+            return await self._one_pass()
+        finally:
+            await self._close()
+            self._loop = None
 
     def api(self) -> PrefectApi:
         if self._api is None:
@@ -225,7 +263,13 @@ class Dispatcher:
             await self._api.aclose()
             self._api = None
 
-    # --- the loops (in the dispatcher's thread) -------------------------------------------
+    async def _in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """A blocking (database) call, in a worker thread: the loop goes on meanwhile."""
+        return await anyio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs), limiter=self._db_threads
+        )
+
+    # --- the loops (tasks of the app's event loop) -------------------------------------------
     async def _run(self) -> None:
         assert self._wake is not None
         outage = OutageLog(log, "dispatch")
@@ -297,29 +341,54 @@ class Dispatcher:
                 else:
                     self.gate.down()
             actions = (RUN, FAIL_JOB) if self.gate.open() else (FAIL_JOB,)
-            engine = self.outbox.engine
-            if engine.dialect.name == "postgresql":
-                # the rows stay locked until the outcomes are committed
-                with engine.begin() as conn:
-                    rows = self.outbox.claim_due(conn, self.settings.batch_size, actions=actions)
+            if self.outbox.engine.dialect.name == "postgresql":
+                # the rows stay locked until the outcomes are committed: one transaction, its
+                # statements in threads, Prefect's requests on the loop in between
+                conn = await self._in_thread(self._begin)
+                try:
+                    rows = await self._in_thread(
+                        self.outbox.claim_due, conn, self.settings.batch_size, actions=actions
+                    )
                     outcomes = await self._handle(rows)
-                    self.outbox.apply(conn, outcomes)
+                    await self._in_thread(self._apply_and_commit, conn, outcomes)
+                finally:
+                    await self._in_thread(conn.close)  # rolled back unless committed
             else:
                 # SQLite: read, then write in a transaction of its own, so the write lock is
                 # held only for the updates (one dispatcher per SQLite file: no lock needed)
-                with engine.connect() as conn:
-                    rows = self.outbox.claim_due(conn, self.settings.batch_size, actions=actions)
+                rows = await self._in_thread(self._claim_alone, actions)
                 outcomes = await self._handle(rows)
-                with engine.begin() as conn:
-                    self.outbox.apply(conn, outcomes)
+                await self._in_thread(self._apply_alone, outcomes)
             return len(rows)
+
+    # --- its database calls (blocking: in threads) ---------------------------------------
+    def _begin(self) -> Connection:
+        conn = self.outbox.engine.connect()
+        try:
+            conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _apply_and_commit(self, conn: Connection, outcomes: list[Outcome]) -> None:
+        self.outbox.apply(conn, outcomes)
+        conn.commit()
+
+    def _claim_alone(self, actions: tuple[Action, ...]) -> list[ClaimedEvent]:
+        with self.outbox.engine.connect() as conn:
+            return self.outbox.claim_due(conn, self.settings.batch_size, actions=actions)
+
+    def _apply_alone(self, outcomes: list[Outcome]) -> None:
+        with self.outbox.engine.begin() as conn:
+            self.outbox.apply(conn, outcomes)
 
     async def _handle(self, rows: list[ClaimedEvent]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         by_deployment: dict[str | None, list[ClaimedEvent]] = {}
         for row in rows:
             if row.action == FAIL_JOB:
-                self._fail_job(row.job_id, row.reason)
+                await self._in_thread(self._fail_job, row.job_id, row.reason)
                 self.metrics.dispatch_attempts.labels("job_failed").inc()
                 outcomes.append(Outcome(row.pk, DONE))
             elif row.action == RUN:
@@ -364,7 +433,7 @@ class Dispatcher:
             return self._retry_when_open(rows, exc, exc.reason)
         except PrefectError as exc:
             if not exc.retriable:  # Prefect refused these parameters: retrying won't help
-                return [self._refused(row, f"Prefect refused the run of {name}: {exc}") for row in rows]
+                return [await self._refused(row, f"Prefect refused the run of {name}: {exc}") for row in rows]
             return self._retry_later(rows, exc, exc.reason)
         finally:
             self.metrics.prefect_request_seconds.observe(api.last_call_seconds)
@@ -376,7 +445,7 @@ class Dispatcher:
             if result.flow_run_id is not None:
                 outcomes.append(self._created(row, result.flow_run_id, deployment_id))
             elif error.startswith(_PERMANENT_RUN_ERRORS):
-                outcomes.append(self._refused(row, f"Prefect refused the run of {name}: {error}"))
+                outcomes.append(await self._refused(row, f"Prefect refused the run of {name}: {error}"))
             elif any(marker in error for marker in _BUSY_RUN_ERRORS):
                 busy.append(row)
             else:
@@ -399,8 +468,8 @@ class Dispatcher:
         log.info("event %s (%s) -> flow run %s", row.event_id, row.name, flow_run_id)
         return Outcome(row.pk, DONE, flow_run_id=flow_run_id)
 
-    def _refused(self, row: ClaimedEvent, reason: str) -> Outcome:
-        self._fail_job(row.job_id, reason)
+    async def _refused(self, row: ClaimedEvent, reason: str) -> Outcome:
+        await self._in_thread(self._fail_job, row.job_id, reason)
         self.metrics.dispatch_attempts.labels("failed").inc()
         self.event_feed.run_refused(row, reason)
         log.warning("event %s (%s): %s", row.event_id, row.name, reason)

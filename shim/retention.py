@@ -20,7 +20,7 @@ once they expire; a pending event is never deleted.
 * **Where.** A thread of its own (`Purge`), started by the app's lifespan beside the dispatcher:
   its statements are blocking calls that must not hold the dispatcher's loop nor the intake's,
   and it owes the dispatcher nothing (it touches only rows the dispatcher is done with), so it
-  stays where it is when the dispatcher's loop moves.
+  stayed a thread when the dispatcher became tasks of the app's event loop.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from shim.outbox import EventBatch, EventOutbox, Recorded
 from shim.settings import ShimSettings
 from support.polling import wait_for
 from support.ports import free_port
-from support.shim import running_shim, sqlite_outbox
+from support.shim import running_dispatcher, running_shim, sqlite_outbox
 
 pytestmark = pytest.mark.unit
 
@@ -144,14 +144,10 @@ def test_the_dispatcher_waits_out_an_outage_with_one_warning_and_no_traceback(tm
     caplog.set_level(logging.INFO, logger="poligraph.shim.dispatcher")
     outbox = ReadOnlyClaims(sqlite_outbox(tmp_path))
     settings = ShimSettings(poll_seconds=0.05, prefect_api_url=f"http://127.0.0.1:{free_port()}/api")
-    dispatcher = Dispatcher(outbox, settings)
-    dispatcher.start()
-    try:
+    with running_dispatcher(Dispatcher(outbox, settings)):
         wait_for(lambda: outbox.claims >= 10, timeout=30, interval=0.05, what="passes in the outage")
         outbox.writable = True
         wait_for(lambda: "available again" in caplog.text, timeout=30, what="the end of the outage")
-    finally:
-        dispatcher.stop()
     records = [r for r in caplog.records if r.name == "poligraph.shim.dispatcher"]
     unavailable = [r for r in records if "the outbox is unavailable" in r.getMessage()]
     assert len(unavailable) == 1 and unavailable[0].levelno == logging.WARNING

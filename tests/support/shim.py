@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import uvicorn
 from deployments.catalog import Catalog, load_catalog
 from deployments.settings import DEFAULT_CATALOG, Settings
 from shim.app import create_app
+from shim.dispatcher import Dispatcher
 from shim.outbox import EventOutbox, open_outbox
 from shim.server import server_config
 from shim.settings import ShimSettings
@@ -55,6 +57,23 @@ def running_shim(
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextmanager
+def running_dispatcher(dispatcher: Dispatcher) -> Iterator[Dispatcher]:
+    """A dispatcher without an app: its tasks on an event loop in a thread of its own, started
+    and stopped as the app's lifespan does."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-dispatcher", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(dispatcher.start(), loop).result(10)
+        yield dispatcher
+    finally:
+        asyncio.run_coroutine_threadsafe(dispatcher.aclose(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def shim_healthy(port: int) -> bool:
