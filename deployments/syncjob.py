@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
@@ -57,6 +57,28 @@ class SyncJobStatus(enum.StrEnum):
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+
+
+class SyncJobRow(TypedDict):
+    """One row of the app's `SyncJob` table, under Prisma's column names (the names the admin
+    API returns): a typed record that still reads as the row it is, `row["status"]`."""
+
+    id: str
+    script: str
+    status: SyncJobStatus
+    progress: int
+    total: int | None
+    processed: int | None
+    result: Any  # JSON: a run's summary ({"flowRunId": …, "steps": [...]}), or None
+    error: str | None
+    startedAt: datetime | None
+    completedAt: datetime | None
+    createdAt: datetime
+
+
+def _row(mapping: sa.RowMapping) -> SyncJobRow:
+    # every column of `sync_job` (below), selected whole: the keys are the TypedDict's
+    return cast(SyncJobRow, dict(mapping))
 
 
 # TIMESTAMP(3) without time zone, as Prisma creates DateTime columns.
@@ -388,34 +410,34 @@ class SyncJobRepository:
         with self.engine.begin() as conn:
             return conn.execute(stmt).rowcount > 0
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> SyncJobRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(sync_job).where(sync_job.c.id == job_id)).mappings().first()
-        return dict(row) if row else None
+        return _row(row) if row else None
 
-    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 20) -> list[SyncJobRow]:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(sync_job).order_by(sync_job.c.createdAt.desc()).limit(limit)
             ).mappings()
-            return [dict(r) for r in rows]
+            return [_row(r) for r in rows]
 
-    def active(self) -> list[dict[str, Any]]:
+    def active(self) -> list[SyncJobRow]:
         """PENDING and RUNNING rows."""
         query = sa.select(sync_job).where(sync_job.c.status.in_(ACTIVE))
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+            return [_row(r) for r in conn.execute(query).mappings()]
 
-    def cancelled_since(self, since: datetime) -> list[dict[str, Any]]:
+    def cancelled_since(self, since: datetime) -> list[SyncJobRow]:
         query = sa.select(sync_job).where(
             sync_job.c.status == SyncJobStatus.FAILED,
             sync_job.c.error == CANCEL_MESSAGE,
             sync_job.c.completedAt >= since,
         )
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+            return [_row(r) for r in conn.execute(query).mappings()]
 
-    def last_runs(self) -> dict[str, dict[str, Any]]:
+    def last_runs(self) -> dict[str, SyncJobRow]:
         """The newest row of each script."""
         newest = (
             sa.select(sync_job.c.script, sa.func.max(sync_job.c.createdAt).label("created"))
@@ -427,7 +449,7 @@ class SyncJobRepository:
             sa.and_(sync_job.c.script == newest.c.script, sync_job.c.createdAt == newest.c.created),
         )
         with self.engine.connect() as conn:
-            return {r["script"]: dict(r) for r in conn.execute(query).mappings()}
+            return {r["script"]: _row(r) for r in conn.execute(query).mappings()}
 
 
 def flow_run_of(row: Mapping[str, Any]) -> str | None:

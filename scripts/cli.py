@@ -100,7 +100,8 @@ def status(job_id: str) -> None:
         err.print(f"[red]No SyncJob {job_id}[/red]")
         raise typer.Exit(1)
     for key in STATUS_FIELDS:
-        console.print(f"[bold]{key:>11}[/bold]  {row[key] if row[key] is not None else '—'}")
+        value = row.get(key)  # the columns STATUS_FIELDS names, in their order
+        console.print(f"[bold]{key:>11}[/bold]  {value if value is not None else '—'}")
     if run_id := flow_run_of(row):
         console.print(f"[bold]{'flow run':>11}[/bold]  {run_id}")
 

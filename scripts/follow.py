@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from deployments.syncjob import SyncJobRepository, flow_run_of
+from deployments.syncjob import SyncJobRepository, SyncJobRow, SyncJobStatus, flow_run_of
 
-FINAL_STATUSES = ("COMPLETED", "FAILED")
+FINAL_STATUSES = (SyncJobStatus.COMPLETED, SyncJobStatus.FAILED)
 
 
 def recent_log_lines(flow_run_id: str, count: int = 5) -> list[str]:
@@ -30,7 +29,7 @@ def recent_log_lines(flow_run_id: str, count: int = 5) -> list[str]:
     return [entry.message for entry in reversed(logs)]
 
 
-def describe(row: dict[str, Any], last_line: str) -> str:
+def describe(row: SyncJobRow, last_line: str) -> str:
     """`processed/total` when the row has them, and the run's last log line."""
     counts = f"{row['processed']}/{row['total']}" if row["processed"] is not None and row["total"] else ""
     return " ".join(x for x in (counts, last_line[:60]) if x)
@@ -55,7 +54,7 @@ def follow(
     last_lines: list[str] = []
     try:
         with progress:
-            task = progress.add_task("PENDING", total=100, detail="")
+            task = progress.add_task(SyncJobStatus.PENDING, total=100, detail="")
             while True:
                 row = repository.get(job_id)
                 if row is None:
@@ -71,7 +70,7 @@ def follow(
     except KeyboardInterrupt:
         err.print(f"\nStopped following. The job goes on; cancel it with: poligraph-jobs cancel {job_id}")
         return 130
-    if row["status"] == "COMPLETED":
+    if row["status"] == SyncJobStatus.COMPLETED:
         console.print(f"[green]COMPLETED[/green] {job_id}")
         return 0
     err.print(f"[red]FAILED[/red] {job_id}: {row['error']}")

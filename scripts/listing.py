@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from deployments.catalog import Catalog
 from deployments.specs import GROUP, deployment_specs
+from deployments.syncjob import SyncJobRow
 
 COLUMNS = ("event", "deployment", "scripts", "schedule", "last run")
 
@@ -45,7 +45,7 @@ class Listed:
         ]
 
 
-def listing(catalog: Catalog, last_runs: dict[str, dict[str, Any]]) -> list[Listed]:
+def listing(catalog: Catalog, last_runs: dict[str, SyncJobRow]) -> list[Listed]:
     rows = []
     for spec in deployment_specs(catalog):
         scripts = [s.script for s in catalog.group(spec.name).steps] if spec.kind == GROUP else [spec.name]

@@ -17,14 +17,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.states import Cancelled
 
-from deployments.syncjob import SyncJobRepository, flow_run_of, utcnow
+from deployments.syncjob import SyncJobRepository, SyncJobRow, flow_run_of, utcnow
 from flows.process_tree import kill_run_leftovers, signal_process, start_time
 from flows.recovery.isolation import ItemIsolation, log
 from flows.run_files import live_run, runs_dir
@@ -52,7 +51,7 @@ class CancelPass:
         return [run_id for run_id in asked if run_id]
 
     def _cancel_one(
-        self, client: SyncPrefectClient, row: dict[str, Any], kill_grace_seconds: float
+        self, client: SyncPrefectClient, row: SyncJobRow, kill_grace_seconds: float
     ) -> str | None:
         run_id = flow_run_of(row)
         if not run_id or run_id in self._settled:

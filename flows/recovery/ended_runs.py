@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
@@ -29,7 +28,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 
 from deployments.specs import BASE_TAG
-from deployments.syncjob import flow_run_of
+from deployments.syncjob import SyncJobRow, flow_run_of
 from flows.recovery.isolation import ItemIsolation
 from flows.recovery.rows import RecoveryRows
 from flows.row_texts import ENDED_BADLY, ended_before_starting, run_ended_badly, run_gone
@@ -45,7 +44,7 @@ class EndedRunsPass:
     def run(self, client: SyncPrefectClient) -> list[str]:
         """Active rows whose flow run ended badly or disappeared → FAILED with the reason; the
         job ids failed."""
-        unstarted: dict[str, dict[str, Any]] = {}
+        unstarted: dict[str, SyncJobRow] = {}
         failed = []
         for row in self.rows.repository.active():
             if not flow_run_of(row):
@@ -56,7 +55,7 @@ class EndedRunsPass:
                 failed.append(row["id"])
         return failed + self._ended_before_starting(client, unstarted)
 
-    def _fail_if_run_ended(self, client: SyncPrefectClient, row: dict[str, Any]) -> bool:
+    def _fail_if_run_ended(self, client: SyncPrefectClient, row: SyncJobRow) -> bool:
         """FAILED, with the reason, when the row's flow run ended badly or vanished."""
         run_id = flow_run_of(row)
         assert run_id is not None
@@ -73,7 +72,7 @@ class EndedRunsPass:
             cancelled = state.type == StateType.CANCELLED
         return self.rows.fail(row["id"], run_id, reason, script=row["script"], alert=not cancelled)
 
-    def _ended_before_starting(self, client: SyncPrefectClient, rows: dict[str, dict[str, Any]]) -> list[str]:
+    def _ended_before_starting(self, client: SyncPrefectClient, rows: dict[str, SyncJobRow]) -> list[str]:
         """Rows whose flow run ended badly before its flow began, so before it could write its id
         in the row (its runner reported it Crashed: the process could not reach the server)."""
         if not rows:

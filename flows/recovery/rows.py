@@ -8,11 +8,9 @@ run's own failure would have sent it (a cancel is no failure: no alert).
 
 from __future__ import annotations
 
-from typing import Any
-
 from deployments.catalog import get_catalog
 from deployments.specs import is_critical
-from deployments.syncjob import SyncJobRepository, flow_run_of
+from deployments.syncjob import SyncJobRepository, SyncJobRow, flow_run_of
 from flows.alerts import alert_failure
 from flows.recovery.isolation import log
 
@@ -35,7 +33,7 @@ class RecoveryRows:
         log.info("SyncJob %s → FAILED: %s", job_id, reason)
         return True
 
-    def naming(self, job_id: str, flow_run_id: str) -> dict[str, Any] | None:
+    def naming(self, job_id: str, flow_run_id: str) -> SyncJobRow | None:
         """The row `job_id` when the body of `flow_run_id` has named that run in it (its first
         write, made before any step, on whatever machine it runs)."""
         row = self.repository.get(job_id)
