@@ -197,6 +197,8 @@ class Dispatcher:
     async def start(self) -> None:
         """The dispatch loop and the Prefect events' loop, as tasks of the running event loop."""
         self.bind()
+        if self._api is None:  # its TLS context takes tens of ms to build: not on the loop
+            self._api = await self._in_thread(PrefectApi, self.settings)
         self._tasks = [
             asyncio.create_task(self._run(), name="shim-dispatcher"),
             asyncio.create_task(self._emit_loop(), name="shim-event-feed"),
