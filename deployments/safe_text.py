@@ -39,10 +39,12 @@ ANSI_SEQUENCE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\n]*(?:\x07|
 
 # What is escaped: C0 controls (but \t \n, which multi-line text keeps), DEL and C1 controls,
 # surrogates (not encodable), line/paragraph separators, bidi embeddings, overrides and isolates.
-# The same set as shim/text.py, which bounds one-line event text the same way.
+# The one-line set is also the shim's (shim/text.py: one-line event text, escaped and bounded
+# its own way for its logs).
 _OTHERS = "\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
 _UNSAFE_MULTILINE = re.compile(f"[\x00-\x08\x0b-\x1f{_OTHERS}]")
 _UNSAFE_ONE_LINE = re.compile(f"[\x00-\x1f{_OTHERS}]")
+UNSAFE_ONE_LINE = _UNSAFE_ONE_LINE  # what one line may not hold: escaped, wherever it is shown
 
 CUT_MARKER = "… [{count:,} chars cut]"
 PLAIN_CUT_MARKER = "... [{count:,} chars cut]"
