@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         default=3600, gt=0, description="Log runs waiting longer than this for a concurrency slot."
     )
     catch_up_window_seconds: float = Field(
-        default=3600, ge=0, description="A missed cron slot older than this is not run at all."
+        default=3600, ge=0, description="A missed cron firing older than this is not run at all."
     )
     worker_deploy: bool = Field(
         default=False,

@@ -1,5 +1,5 @@
 """Operator guarantees: a cancel stops the work, no row stays RUNNING after its run died,
-failures of critical scripts are announced, missed cron slots run once at most.
+failures of critical scripts are announced, missed cron firings run once at most.
 
 Runs go through a real worker (`prefect worker start --type poligraph`, its reconciler beside it).
 """
@@ -143,7 +143,7 @@ def test_no_webhook_configured_sends_nothing(syncjobs, stubs, prefect_api):
     assert alert_failure("vital", "cjob", None, "boom") is None
 
 
-# --- missed cron slots ----------------------------------------------------------------------------
+# --- missed cron firings --------------------------------------------------------------------------
 def late_slot(minutes_ago: int, tag: str, script: str = "gamma"):
     when = datetime.now(UTC) - timedelta(minutes=minutes_ago)
     return create_run(
@@ -153,7 +153,7 @@ def late_slot(minutes_ago: int, tag: str, script: str = "gamma"):
     )
 
 
-def test_after_downtime_missed_slots_run_once_and_not_when_too_old(serving, syncjobs, stubs):
+def test_after_downtime_missed_firings_run_once_and_not_when_too_old(serving, syncjobs, stubs):
     stubs.configure("gamma", sleep=0.1)
     serving.stop()  # downtime: the slots below are missed while nothing serves the deployments
     recent = [late_slot(m, "once") for m in (50, 40, 30)]
@@ -166,7 +166,7 @@ def test_after_downtime_missed_slots_run_once_and_not_when_too_old(serving, sync
     assert stubs.starts("gamma") == 1  # once, for the newest slot
     assert not (recent_states[2].message or "").startswith("skipped")
     assert all("superseded" in (s.message or "") for s in recent_states[:2])
-    assert stubs.starts("flaky") == 0  # the newest missed slot is older than the 1 h window
+    assert stubs.starts("flaky") == 0  # the newest missed firing is older than the 1 h window
     assert "catch-up window" in (old_states[1].message or "")
     assert "superseded" in (old_states[0].message or "")
 
