@@ -15,6 +15,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from deployments.errors import CoreError
 from deployments.flags import FlagSpec, validate_flags
 from deployments.settings import get_settings
 
@@ -159,7 +160,7 @@ class Catalog(Model):
         return targets
 
 
-class UnknownTarget(KeyError):
+class UnknownTarget(CoreError, KeyError):
     """A script or group name the catalog does not know."""
 
     def __str__(self) -> str:

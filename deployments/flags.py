@@ -11,12 +11,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from deployments.errors import CoreError
+
 FLAG_RE = re.compile(r"--(?P<name>[a-z][a-z0-9-]*)(?:=(?P<value>.*))?", re.DOTALL)
 TEXT_VALUE_RE = re.compile(r"[A-Za-z0-9_.:,-]{1,64}")  # used with fullmatch
 MAX_INT = 1_000_000
 
 
-class FlagError(ValueError):
+class FlagError(CoreError, ValueError):
     """A flag the catalog does not allow for this script, or a bad value."""
 
 

@@ -66,13 +66,13 @@ def trigger(
         request = check_request(get_catalog(), name, list(ctx.args), flags)
     except TriggerRefused as exc:
         err.print(f"[red]{exc}[/red] Nothing was sent.")
-        raise typer.Exit(2) from None
+        raise typer.Exit(exc.exit_code) from None
     repository = syncjob_repository()
     try:
         job_id = send_job(repository, request)
     except SendFailed as exc:
         err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise typer.Exit(exc.exit_code) from None
     console.print(
         f"Sent [bold]{request.event}[/bold] → {request.spec.full_name}   SyncJob [bold]{job_id}[/bold]"
     )

@@ -284,7 +284,7 @@ def main() -> int:
         stack = LocalStack(StackSettings())
     except DatabaseUnusable as exc:
         print(f"stack: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     signal.signal(signal.SIGINT, stack.on_signal)
     signal.signal(signal.SIGTERM, stack.on_signal)
     return stack.run()

@@ -16,6 +16,7 @@ from prefect.exceptions import ObjectNotFound
 from deployments.catalog import Catalog, get_catalog
 from deployments.prefect_yaml import WORK_POOL
 from deployments.specs import deployment_specs
+from scripts.errors import OperationError
 from scripts.run_forms import flow_of, with_run_form
 
 if TYPE_CHECKING:
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
     from deployments.specs import DeploymentSpec
 
 
-class WrongPoolType(Exception):
+class WrongPoolType(OperationError):
     """A work pool of that name exists with another worker type."""
+
+    exit_code = 2
 
 
 async def ensure_work_pool(

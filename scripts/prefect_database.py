@@ -38,7 +38,7 @@ def main() -> int:
         ensure_database(admin.render_as_string(hide_password=False), url.database, wait, source=VARIABLE)
     except DatabaseUnusable as exc:
         print(f"prefect database: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     print(f"prefect database {url.database} on {url.host or 'localhost'}:{url.port or 5432}: ready")
     return 0
 

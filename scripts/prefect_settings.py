@@ -22,12 +22,13 @@ from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_delay
 
 from deployments.settings import get_settings
 from deployments.syncjob import sqlalchemy_url
+from scripts.errors import OperationError
 
 log = logging.getLogger("poligraph.stack")
 DATABASE_WAIT_SECONDS = 120.0  # a PostgreSQL started with the stack has that long to answer
 
 
-class DatabaseUnusable(RuntimeError):
+class DatabaseUnusable(OperationError, RuntimeError):
     """The app's PostgreSQL did not answer in time, or refused the stack's connection."""
 
 

@@ -23,11 +23,15 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.filesystems import LocalFileSystem
 
+from scripts.errors import OperationError
+
 BLOCK_NAME = "poligraph-results"
 
 
-class BadResultStorage(ValueError):
+class BadResultStorage(OperationError, ValueError):
     """POLIGRAPH_RESULT_STORAGE is neither an absolute directory nor block:<slug>/<name>."""
+
+    exit_code = 2
 
 
 def parse(value: str) -> Path | tuple[str, str]:

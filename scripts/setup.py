@@ -110,10 +110,10 @@ def main() -> None:
         asyncio.run(setup(deploy="--deploy" in sys.argv[1:]))
     except result_storage.BadResultStorage as exc:
         print(f"POLIGRAPH_RESULT_STORAGE: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except WrongPoolType as exc:
         print(f"setup: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

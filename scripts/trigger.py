@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from deployments.catalog import Catalog
 from deployments.specs import DeploymentSpec, deployment_specs, spec_for_event
 from deployments.syncjob import SyncJobRepository, job_id_for_flow_run
+from scripts.errors import OperationError
 from shim.mapping import RUN, map_event
 
 if TYPE_CHECKING:
@@ -24,11 +25,13 @@ DEFAULT_SHIM = "http://127.0.0.1:8288"
 SEND_FAILED = "Impossible d'envoyer l'événement Inngest"  # what the admin writes
 
 
-class TriggerRefused(ValueError):
+class TriggerRefused(OperationError, ValueError):
     """An unknown name or a flag the catalog does not allow: nothing was created or sent."""
 
+    exit_code = 2
 
-class SendFailed(RuntimeError):
+
+class SendFailed(OperationError, RuntimeError):
     """The event could not be sent; the job's row was marked FAILED as the admin does."""
 
 

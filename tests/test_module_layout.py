@@ -8,6 +8,7 @@ raised NameError that way on its first stuck cancel, and every later pass was sk
 from __future__ import annotations
 
 import ast
+import builtins
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,46 @@ def test_no_two_classes_share_a_name():
     paths = [p for package in [*PACKAGES, "tests/support"] for p in sorted((REPO / package).rglob("*.py"))]
     shared = {name: where for name, where in class_names(paths).items() if len(where) > 1}
     assert not shared, f"classes sharing a name (rename one): {shared}"
+
+
+# Each layer's exceptions descend from its root (docs/architecture.md, "Errors"); control flow
+# that is not an error of the layer is listed here with why.
+LAYER_ROOTS = {
+    "deployments": "CoreError",
+    "flows": "RunError",
+    "shim": "ShimError",
+    "scripts": "OperationError",
+}
+NOT_ERRORS = {"ForcedStop"}  # scripts/local_stack.py: the stack's own way out of its wait loop
+
+
+def exception_classes(package: str) -> dict[str, list[str]]:
+    """The package's classes that are exceptions → their base names (class names are unique)."""
+    bases: dict[str, list[str]] = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef):
+                bases[node.name] = [ast.unparse(b).rsplit(".", 1)[-1] for b in node.bases]
+
+    def is_exception(name: str, seen: frozenset[str] = frozenset()) -> bool:
+        if name in seen:
+            return False
+        builtin = getattr(builtins, name, None)
+        if isinstance(builtin, type):
+            return issubclass(builtin, BaseException)
+        return any(is_exception(b, seen | {name}) for b in bases.get(name, []))
+
+    return {name: parents for name, parents in bases.items() if is_exception(name)}
+
+
+def descends_from(name: str, root: str, bases: dict[str, list[str]]) -> bool:
+    return name == root or any(descends_from(b, root, bases) for b in bases.get(name, []))
+
+
+@pytest.mark.parametrize("package", sorted(LAYER_ROOTS))
+def test_every_exception_of_a_layer_descends_from_its_root(package):
+    root = LAYER_ROOTS[package]
+    found = exception_classes(package)
+    assert root in found, f"{package} has no {root}"
+    strays = sorted(n for n in found if n not in NOT_ERRORS and not descends_from(n, root, found))
+    assert not strays, f"{package}: make these subclass {root} (keeping their built-in base): {strays}"
