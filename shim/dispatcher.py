@@ -346,15 +346,14 @@ class Dispatcher:
             if self.outbox.engine.dialect.name == "postgresql":
                 # the rows stay locked until the outcomes are committed: one transaction, its
                 # statements in threads, Prefect's requests on the loop in between
-                conn = await self._in_thread(self._begin)
+                # (two trips to a thread per pass, not one per statement: each costs a hop)
+                conn, rows = await self._in_thread(self._begin_and_claim, actions)
                 try:
-                    rows = await self._in_thread(
-                        self.outbox.claim_due, conn, self.settings.batch_size, actions=actions
-                    )
                     outcomes = await self._handle(rows)
-                    await self._in_thread(self._apply_and_commit, conn, outcomes)
-                finally:
-                    await self._in_thread(conn.close)  # rolled back unless committed
+                except BaseException:
+                    await self._in_thread(conn.close)  # rolled back: the rows are due again
+                    raise
+                await self._in_thread(self._commit_and_close, conn, outcomes)
             else:
                 # SQLite: read, then write in a transaction of its own, so the write lock is
                 # held only for the updates (one dispatcher per SQLite file: no lock needed)
@@ -364,18 +363,22 @@ class Dispatcher:
             return len(rows)
 
     # --- its database calls (blocking: in threads) ---------------------------------------
-    def _begin(self) -> Connection:
+    def _begin_and_claim(self, actions: tuple[Action, ...]) -> tuple[Connection, list[ClaimedEvent]]:
+        """A transaction begun, its due rows claimed (and locked, until it ends)."""
         conn = self.outbox.engine.connect()
         try:
             conn.begin()
+            return conn, self.outbox.claim_due(conn, self.settings.batch_size, actions=actions)
         except BaseException:
             conn.close()
             raise
-        return conn
 
-    def _apply_and_commit(self, conn: Connection, outcomes: list[Outcome]) -> None:
-        self.outbox.apply(conn, outcomes)
-        conn.commit()
+    def _commit_and_close(self, conn: Connection, outcomes: list[Outcome]) -> None:
+        try:
+            self.outbox.apply(conn, outcomes)
+            conn.commit()
+        finally:
+            conn.close()  # rolled back unless committed
 
     def _claim_alone(self, actions: tuple[Action, ...]) -> list[ClaimedEvent]:
         with self.outbox.engine.connect() as conn:
