@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from shim.events import InboundEvent
 from shim.jsonvalues import JSONObject
-from shim.mapping import RUN, EventAction
+from shim.mapping import RUN, EventAction, EventOutcome
 from shim.outbox import ClaimedEvent
 from shim.text import printable
 
@@ -83,10 +83,12 @@ class EventFeed:
         return len(self._queue)
 
     # --- what happens to events -------------------------------------------------------------
-    def event_stored(self, event_id: str, event: InboundEvent, action: EventAction, outcome: str) -> None:
+    def event_stored(
+        self, event_id: str, event: InboundEvent, action: EventAction, outcome: EventOutcome
+    ) -> None:
         """A stored event that starts no run (duplicate, refused); accepted ones are announced
         with their run, by `run_created`."""
-        if outcome == "accepted":
+        if outcome == EventOutcome.ACCEPTED:
             return
         payload: JSONObject = {"name": printable(event.name, MAX_TEXT), "action": action.action}
         if action.job_id:

@@ -15,7 +15,7 @@ from shim.db_errors import describe, is_unavailable
 from shim.event_feed import EventFeed
 from shim.events import EventError, parse_body
 from shim.ids import event_ids
-from shim.mapping import NOTHING, EventRouter
+from shim.mapping import NOTHING, EventOutcome, EventRouter
 from shim.metrics import ShimMetrics
 from shim.outbox import DUPLICATE, EventBatch, Recorded
 from shim.replies import Reply, accepted, refused, unavailable
@@ -111,11 +111,11 @@ class Intake:
     def _report(self, batch: EventBatch, recorded: list[Recorded]) -> None:
         for (event_id, event, action), stored in zip(batch, recorded, strict=True):
             if stored.status == DUPLICATE:
-                outcome = "duplicate"
+                outcome = EventOutcome.DUPLICATE
             elif action.reason:
-                outcome = "refused"
+                outcome = EventOutcome.REFUSED
             else:
-                outcome = "accepted"
+                outcome = EventOutcome.ACCEPTED
             self.metrics.count_event(outcome, action)
             self.event_feed.event_stored(event_id, event, action, outcome)
             log.info(

@@ -40,6 +40,15 @@ class Action(StrEnum):
 RUN, FAIL_JOB, NOTHING = Action.RUN, Action.FAIL_JOB, Action.NOTHING
 
 
+class EventOutcome(StrEnum):
+    """What intake reports of each stored event: the `outcome` label of
+    `poligraph_shim_events_total`, and the Prefect event `inngest.event.<outcome>`."""
+
+    ACCEPTED = "accepted"  # a run will be created
+    DUPLICATE = "duplicate"  # its dedupe key was held: no run
+    REFUSED = "refused"  # no run: its reason says why
+
+
 @dataclass(frozen=True)
 class EventAction:
     action: Action

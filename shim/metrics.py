@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from deployments.syncjob import utcnow
 from shim.admission import Admission
-from shim.mapping import EventAction
+from shim.mapping import EventAction, EventOutcome
 
 log = logging.getLogger("poligraph.shim.metrics")
 PREFIX = "poligraph_shim"
@@ -126,17 +126,18 @@ class ShimMetrics:
         )
         for table in ("inngest_event", "inngest_dedupe"):
             self.purged.labels(table)
-        for outcome in ("accepted", "duplicate"):
+        for outcome in (EventOutcome.ACCEPTED, EventOutcome.DUPLICATE):
             self.events.labels(outcome, "")
         for reason in ("no_handler", "bad_job_id", "bad_data"):
-            self.events.labels("refused", reason)
+            self.events.labels(EventOutcome.REFUSED, reason)
         for result in ("created", "postponed", "failed", "job_failed"):
             self.dispatch_attempts.labels(result)
         for result in ("sent", "dropped"):
             self.prefect_events.labels(result)
 
-    def count_event(self, outcome: str, action: EventAction) -> None:
-        self.events.labels(outcome, refusal_reason(action) if outcome == "refused" else "").inc()
+    def count_event(self, outcome: EventOutcome, action: EventAction) -> None:
+        reason = refusal_reason(action) if outcome == EventOutcome.REFUSED else ""
+        self.events.labels(outcome, reason).inc()
 
     def watch_outbox(self, stats: Callable[[], tuple[int, datetime | None]]) -> None:
         self.registry.register(OutboxCollector(stats))
