@@ -1,9 +1,7 @@
-"""Runtime layer: the Prefect flows and everything inside a flow run. Imports only the core.
+"""Runtime layer: the Prefect flows and everything inside a flow run, and the recovery of runs
+whose process died or got stuck. Imports only the core.
 
-    sync_script, sync_group   the flows                execution   one run and its SyncJob row
-    steps, step_results       one step (a task)        script_runner, process_tree   processes
-    progress, progress_tracker, progress_writer   PROGRESS lines -> row (in the background)
-    hooks, missed, run_files, alerts
-
-See docs/architecture.md for the layers and who owns what.
+The flows are `sync_script` and `sync_group`; a run is `execution`, its steps `steps` and
+`script_runner`; its rows' texts `row_texts`; recovery is `recovery/`. Which module owns what,
+and where to change what: docs/architecture.md (kept true by tests/test_architecture_doc.py).
 """

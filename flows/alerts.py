@@ -12,7 +12,7 @@ No URL configured: nothing is sent.
 never waits for a webhook. An `AlertSender` thread delivers the spool, retrying each alert after
 POLIGRAPH_ALERT_RETRY_DELAYS (tenacity); one that still fails moves to `alerts/undelivered/`.
 
-* The long-lived processes (the serving process, `python -m scripts.reconcile`) run a sender for
+* The long-lived reconciler process (`python -m scripts.reconcile`, one per worker) runs a sender for
   the whole spool, so an alert queued by a flow-run process that exited right after is not lost.
 * A flow-run process that queued an alert sends its own at once and, when it exits, waits at
   most FLUSH_SECONDS for them; what is left goes to the long-lived sender.

@@ -1,8 +1,7 @@
-"""Operations layer: what an operator runs. May import every other layer.
+"""Operations layer: the processes an operator starts and the commands they type (the
+`poligraph-jobs` CLI, the `poligraph` worker type, setup, the local stack, the reconciler's
+process). May import every other layer; starts and configures what they define.
 
-    cli (poligraph-jobs): trigger, follow, listing, cancel
-    serve      every deployment served + the reconciler     local_stack   make up
-    setup, limits   production set-up                        reconcile     repairs rows and runs
-
-See docs/architecture.md for the layers and who owns what.
+Which module owns what, and where to change what: docs/architecture.md (kept true by
+tests/test_architecture_doc.py).
 """

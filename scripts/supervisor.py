@@ -2,7 +2,7 @@
 
 Written here rather than taken from supervisord or circus because the local stack needs what
 they do not give together: a child that may only start once another service answers (the
-serving process needs the Prefect server), restarts that never give up, a caller that can
+worker needs the Prefect server), restarts that never give up, a caller that can
 restart a child it judges stuck, and output in the caller's own terminal, one prefix per child.
 
 Each child runs in its own session (so its process group can be signalled whole, and a Ctrl-C
@@ -45,7 +45,7 @@ class ChildSpec:
     argv: list[str]
     env: dict[str, str]
     cwd: Path | None = None
-    # A precondition checked before each start (the serving process needs the Prefect server).
+    # A precondition checked before each start (the worker needs the Prefect server).
     ready_to_start: Callable[[], bool] = lambda: True
     waiting_for: str = ""  # what ready_to_start waits for, said once while it is false
     # Write straight to the supervisor's own stdout and stderr instead of through it, prefixed:
@@ -191,7 +191,7 @@ class Supervisor:
     def _reap(self, child: _Child) -> Exit | None:
         if child.proc is None or (code := child.proc.poll()) is None:
             return None
-        # What the child left in its group (the serving process's flow-run processes) goes too.
+        # What the child left in its group (the worker's flow-run processes) goes too.
         _signal_group(child.proc.pid, signal.SIGKILL)
         ran = time.monotonic() - child.started_at
         child.proc = None

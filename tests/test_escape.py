@@ -3,7 +3,7 @@ with `npx tsx` that spawns a `detached: true` child (as Puppeteer starts Chromiu
 double-fork daemon. Success with leftovers, cancellation, timeout, and a crash of the process
 that ran the step (then the reconciler) leave no survivor.
 
-Served runs (cancel from the admin, a killed serving process) are in test_recovery.py.
+Runs on a worker (cancel from the admin, a killed worker) are in test_recovery.py.
 """
 
 from __future__ import annotations

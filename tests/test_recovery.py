@@ -29,7 +29,7 @@ from support.webhook import Webhook
 pytestmark = pytest.mark.integration
 
 
-class Serving:
+class RunningWorker:
     def __init__(self) -> None:
         self.proc = None
 
@@ -42,15 +42,15 @@ class Serving:
 
 
 @pytest.fixture(scope="module")
-def serving(prefect_api, pg_url):
-    serving = Serving()
-    serving.start()
-    yield serving
-    serving.stop()
+def worker(prefect_api, pg_url):
+    worker = RunningWorker()
+    worker.start()
+    yield worker
+    worker.stop()
 
 
 # --- cancel ---------------------------------------------------------------------------------------
-def test_admin_cancel_stops_the_script_within_seconds_and_stays(serving, syncjobs, stubs):
+def test_admin_cancel_stops_the_script_within_seconds_and_stays(worker, syncjobs, stubs):
     # a child in its group, one in its own session, a double-forked daemon: all must die
     stubs.configure("long", sleep=120, grandchild=True, detached=True, daemon=True)
     insert_pending(syncjobs, "ccancelop0000000000000001", "long")
@@ -64,7 +64,7 @@ def test_admin_cancel_stops_the_script_within_seconds_and_stays(serving, syncjob
     assert row["status"] == "FAILED" and row["error"] == CANCEL_MESSAGE  # not overwritten
 
 
-def test_a_row_cancelled_before_its_run_starts_runs_nothing(serving, syncjobs, stubs):
+def test_a_row_cancelled_before_its_run_starts_runs_nothing(worker, syncjobs, stubs):
     insert_pending(syncjobs, "ccancelearly0000000000001", "gamma")
     assert syncjobs.cancel("ccancelearly0000000000001")
     run = create_run("sync-script/gamma", job_id="ccancelearly0000000000001")
@@ -76,7 +76,7 @@ def test_a_row_cancelled_before_its_run_starts_runs_nothing(serving, syncjobs, s
     wait_for(lambda: not run_file.exists(), timeout=20, what="the run file to be removed")
 
 
-def test_the_admins_stale_sweep_does_not_stop_a_run(serving, syncjobs, stubs):
+def test_the_admins_stale_sweep_does_not_stop_a_run(worker, syncjobs, stubs):
     stubs.configure("alpha", sleep=3)
     insert_pending(syncjobs, "csweep0000000000000000001", "alpha")
     run = create_run("sync-script/alpha", job_id="csweep0000000000000000001")
@@ -87,7 +87,7 @@ def test_the_admins_stale_sweep_does_not_stop_a_run(serving, syncjobs, stubs):
 
 
 # --- reconciler -----------------------------------------------------------------------------------
-def test_rows_of_crashed_or_vanished_runs_are_failed(serving, syncjobs, stubs):
+def test_rows_of_crashed_or_vanished_runs_are_failed(worker, syncjobs, stubs):
     stubs.configure("gamma", sleep=0.1)
     run = create_run("sync-script/gamma")
     assert wait_final(run).is_completed()
@@ -100,7 +100,7 @@ def test_rows_of_crashed_or_vanished_runs_are_failed(serving, syncjobs, stubs):
 
     run_async(crash())
     syncjobs.mark_running("creconcilegone00000000001", "gamma", str(uuid.uuid4()))
-    # This reconciler or the serving process's own may get there first: the rows are what count.
+    # This reconciler or the worker's own may get there first: the rows are what count.
     Reconciler(syncjobs).run_once()
     for job in (crashed_job, "creconcilegone00000000001"):
         assert syncjobs.get(job)["status"] == "FAILED"
@@ -153,12 +153,12 @@ def late_slot(minutes_ago: int, tag: str, script: str = "gamma"):
     )
 
 
-def test_after_downtime_missed_firings_run_once_and_not_when_too_old(serving, syncjobs, stubs):
+def test_after_downtime_missed_firings_run_once_and_not_when_too_old(worker, syncjobs, stubs):
     stubs.configure("gamma", sleep=0.1)
-    serving.stop()  # downtime: the slots below are missed while nothing serves the deployments
+    worker.stop()  # downtime: the firings below are missed while no worker runs the deployments
     recent = [late_slot(m, "once") for m in (50, 40, 30)]
     too_old = [late_slot(m, "old", script="flaky") for m in (180, 120)]
-    serving.start()
+    worker.start()
     recent_states = [wait_final(run, timeout=180) for run in recent]
     old_states = [wait_final(run, timeout=180) for run in too_old]
 
@@ -171,10 +171,8 @@ def test_after_downtime_missed_firings_run_once_and_not_when_too_old(serving, sy
     assert "superseded" in (old_states[0].message or "")
 
 
-# --- a dead serving process -----------------------------------------------------------------------
-def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(
-    serving, syncjobs, stubs, tsx_project
-):
+# --- a dead worker --------------------------------------------------------------------------------
+def test_killing_the_worker_mid_run_leaves_a_failed_row_after_restart(worker, syncjobs, stubs, tsx_project):
     # the script: a child in its group, a double-forked daemon, then it becomes `npx tsx` running
     # a TypeScript script that spawns a `detached: true` child and stays
     pids_file = STUB_ROOT / "orphan.pids"
@@ -191,12 +189,12 @@ def test_killing_the_serving_process_mid_run_leaves_a_failed_row_after_restart(
     script_pids = stubs.pids("orphan") + [c["pid"] for c in stubs.events("orphan", "start")]
     run_files = [json.loads(p.read_text()) for p in (STATE / "home" / "runs").glob("*.json")]
     flow_pids = [f["pid"] for f in run_files if f["jobId"] == "ckilled000000000000000001"]
-    for pid in [serving.proc.pid, *flow_pids]:  # the service dies: serve and its flow process
+    for pid in [worker.proc.pid, *flow_pids]:  # the service dies: the worker and its flow process
         os.kill(pid, signal.SIGKILL)
-    serving.proc.wait()
+    worker.proc.wait()
     assert syncjobs.get("ckilled000000000000000001")["status"] == "RUNNING"
 
-    serving.start()
+    worker.start()
     row = wait_for(
         lambda: (r := syncjobs.get("ckilled000000000000000001"))["status"] == "FAILED" and r,
         timeout=60,
@@ -279,7 +277,7 @@ def test_a_run_whose_process_died_while_reporting_its_end_ends_as_its_row_says(p
             process.wait()
             ends[ending] = (run, job_id)
         Reconciler(syncjobs).dead_local_runs_pass(client)
-        # (the serving process's reconciler may have taken a file first: the outcome is the same)
+        # (the worker's reconciler may have taken a file first: the outcome is the same)
         late, late_job = ends["reported late"]
         state = client.read_flow_run(late.id).state
         assert state.is_completed() and "died before it could report" in state.message

@@ -1,4 +1,4 @@
-"""Runs survive what goes wrong around them, caused for real against one serving process:
+"""Runs survive what goes wrong around them, caused for real against one worker:
 
 * the app's PostgreSQL stops for 20 s while runs start, report progress and finish;
 * the failure webhook is slow and failing, and the flow-run process exits right after queueing;
@@ -75,7 +75,7 @@ def webhook():
 
 
 @pytest.fixture(scope="module")
-def served(app_db, prefect_server, webhook):
+def worker(app_db, prefect_server, webhook):
     proc = start_worker_ready(
         {
             "DATABASE_URL": app_db.url,
@@ -108,7 +108,7 @@ def final_row(rows: SyncJobRepository, job_id: str) -> dict:
     )
 
 
-def test_the_failure_webhook_never_holds_a_run_and_the_alert_arrives_once(served, rows, stubs, webhook):
+def test_the_failure_webhook_never_holds_a_run_and_the_alert_arrives_once(worker, rows, stubs, webhook):
     stubs.configure("vital", fail_times=9, stderr="upstream is down")
     insert_pending(rows, "calertslow000000000000001", "vital")
     run = create_run("sync-script/vital", job_id="calertslow000000000000001")
@@ -128,7 +128,7 @@ def test_the_failure_webhook_never_holds_a_run_and_the_alert_arrives_once(served
     assert final_row(rows, "calertslow000000000000001")["status"] == "FAILED"
 
 
-def test_a_database_outage_fails_no_run(served, app_db, rows, stubs):
+def test_a_database_outage_fails_no_run(worker, app_db, rows, stubs):
     stubs.configure("alpha", sleep=10, progress=[[i, 5] for i in range(1, 6)])  # progress in the outage
     stubs.configure("broken", sleep=3, fail_times=99, stderr="upstream 503")  # fails in the outage
     stubs.configure("gamma", sleep=1)
@@ -160,7 +160,7 @@ def test_a_database_outage_fails_no_run(served, app_db, rows, stubs):
     assert "step broken (broken) failed" in broken["error"] and "upstream 503" in broken["error"]
 
 
-def test_a_database_that_cannot_take_writes_for_a_while_fails_no_run(served, app_db, rows, stubs):
+def test_a_database_that_cannot_take_writes_for_a_while_fails_no_run(worker, app_db, rows, stubs):
     """Read-only (SQLSTATE 25006) is an outage like a lost connection: the run's SyncJob writes
     wait it out, and the row ends right once the database takes writes again."""
     stubs.configure("gamma", sleep=2)
@@ -181,7 +181,7 @@ def test_a_database_that_cannot_take_writes_for_a_while_fails_no_run(served, app
 
 
 def test_a_prefect_server_restart_mid_step_keeps_the_run_and_frees_the_slot(
-    served, prefect_server, rows, stubs, tmp_path
+    worker, prefect_server, rows, stubs, tmp_path
 ):
     # `shared` holds its slot across the restart and ends after it; `alpha` ends while the
     # server is down, so its slot cannot be released then
@@ -209,7 +209,7 @@ def test_a_prefect_server_restart_mid_step_keeps_the_run_and_frees_the_slot(
     assert final_row(rows, "crestart00000000000000001")["status"] == "COMPLETED"
     assert slot_in_use(script_limit_name("shared")) == 0
 
-    # The serving process's runner stopped watching for cancellations while the server was away
+    # The worker's runner stopped watching for cancellations while the server was away
     # (docs/prefect.md, "serve"): an admin cancel still stops the script, through the reconciler.
     stubs.configure("long", sleep=120, detached=True)
     insert_pending(rows, "crestartcancel00000000001", "long")
