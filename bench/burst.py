@@ -38,6 +38,7 @@ from bench.harness import (
     Figure,
     Series,
     base_env,
+    count_rows,
     create_database,
     durable_postgres,
     machine,
@@ -151,13 +152,7 @@ def outbox_state(pg_url: str, schema: str) -> tuple[int, int, int]:
 
 
 def pending(pg_url: str, schema: str) -> int:
-    engine = sa.create_engine(pg_url)
-    with engine.connect() as conn:
-        value = conn.execute(
-            sa.text(f"SELECT count(*) FROM \"{schema}\".inngest_event WHERE status = 'pending'")
-        ).scalar_one()
-    engine.dispose()
-    return int(value)
+    return count_rows(pg_url, f"SELECT count(*) FROM \"{schema}\".inngest_event WHERE status = 'pending'")
 
 
 def measure_raw(api_url: str, deployments: dict[str, str], count: int, round_no: int) -> float:

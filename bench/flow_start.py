@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 import uuid
@@ -41,16 +40,22 @@ from bench.harness import (
     WORKER_NAME,
     Figure,
     Series,
+    admin_send,
     answers,
     base_env,
     durable_postgres,
+    finished,
     free_port,
     machine,
     prefect_server,
     print_table,
     rss_mb,
+    run_by_tag,
     shim,
     spawn,
+    stamp,
+    started_at,
+    states,
     stop,
     wait_until,
     worker_command,
@@ -74,38 +79,6 @@ async def deployment_ids(api_url: str, names: list[str]) -> dict[str, str] | Non
         return ids
 
 
-async def states(api_url: str, flow_run_id: str) -> dict[str, float]:
-    """The first timestamp of each state name of a run, as epoch seconds."""
-    from datetime import datetime
-
-    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
-        reply = await client.get("/flow_run_states/", params={"flow_run_id": flow_run_id})
-        reply.raise_for_status()
-    found: dict[str, float] = {}
-    for state in reply.json():
-        stamp = datetime.fromisoformat(state["timestamp"].replace("Z", "+00:00")).timestamp()
-        found.setdefault(state["name"], stamp)
-        found[state["name"]] = min(found[state["name"]], stamp)
-    return found
-
-
-async def read_run(api_url: str, flow_run_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
-        reply = await client.get(f"/flow_runs/{flow_run_id}")
-        reply.raise_for_status()
-        return dict(reply.json())
-
-
-async def run_by_tag(api_url: str, tag: str) -> dict[str, Any] | None:
-    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
-        reply = await client.post(
-            "/flow_runs/filter", json={"flow_runs": {"tags": {"all_": [tag]}}, "limit": 1}
-        )
-        reply.raise_for_status()
-        found = reply.json()
-    return found[0] if found else None
-
-
 def create_bare_run(client: httpx.Client, deployment_url: str) -> dict[str, Any]:
     """One create call, sent again after a 503 (Prefect's SQLite busy) as any client would."""
     while True:
@@ -114,18 +87,6 @@ def create_bare_run(client: httpx.Client, deployment_url: str) -> dict[str, Any]
             reply.raise_for_status()
             return dict(reply.json())
         time.sleep(0.1)
-
-
-def started_at(starts: Path, name: str, before: set[Path]) -> float | None:
-    new = [p for p in starts.glob(f"{name}-*.start") if p not in before]
-    text = new[0].read_text() if new else ""
-    return float(text) if text.strip() else None  # empty: the script is writing it right now
-
-
-def finished(api_url: str, flow_run_id: str) -> dict[str, Any] | None:
-    run = asyncio.run(read_run(api_url, flow_run_id))
-    state = run.get("state") or {}
-    return run if state.get("type") in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
 
 def idle_rss(
@@ -238,21 +199,9 @@ def flow_start_figures(runs: int) -> list[Figure]:
                     for side in sides[i % 3 :] + sides[: i % 3]:
                         before = set(starts.glob("*.start"))
                         if side == "ours":
-                            job_id = f"cbench{uuid.uuid4().hex[:19]}"
-                            with engine.begin() as conn:
-                                conn.execute(
-                                    sa.text(
-                                        'INSERT INTO "SyncJob" (id, script, status, progress, "createdAt") '
-                                        "VALUES (:id, :script, 'PENDING', 0, now())"
-                                    ),
-                                    {"id": job_id, "script": SCRIPT},
-                                )
-                            body = [{"name": f"sync/{SCRIPT}", "data": {"jobId": job_id}}]
-                            reply = client.post(f"{shim_url}/e/{KEY}", content=json.dumps(body))
-                            t0 = time.time()
-                            event_id = reply.json()["ids"][0]
+                            event_id, t0 = admin_send(engine, client, shim_url, SCRIPT)
                             run = wait_until(
-                                lambda e=event_id: asyncio.run(run_by_tag(server.url, f"inngest-event:{e}")),
+                                lambda e=event_id: run_by_tag(server.url, f"inngest-event:{e}"),
                                 60,
                                 "the run",
                                 interval=0.02,
@@ -269,7 +218,7 @@ def flow_start_figures(runs: int) -> list[Figure]:
                         wait_until(
                             lambda r=run["id"]: finished(server.url, r), 120, "the run to end", interval=0.1
                         )
-                        seen = asyncio.run(states(server.url, run["id"]))
+                        seen = states(server.url, run["id"])
                         if i == 0:
                             continue
                         assert "Completed" in seen, f"{side} run ended {seen}"
@@ -284,7 +233,7 @@ def flow_start_figures(runs: int) -> list[Figure]:
                         if side == "bare":
                             p2.baseline.add(create_call)
                         if side == "ours":
-                            created = _stamp(run["created"])
+                            created = stamp(run["created"])
                             p2.ours.add(created - t0)
                             parts["dispatch"].add(created - t0)
                             parts["pickup"].add(seen["Pending"] - created)
@@ -316,12 +265,6 @@ def flow_start_figures(runs: int) -> list[Figure]:
         + ", ".join(f"{name} {series.summary('{:.0f}')} MB" for name, series in worker_children.items())
     )
     return [p2, p3, p4, p6["shim"], p6["worker"]]
-
-
-def _stamp(value: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def main() -> None:

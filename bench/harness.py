@@ -5,7 +5,7 @@ settings, the shim, the worker; interleaved rounds summarised as min / median / 
 
 from __future__ import annotations
 
-import asyncio
+import json
 import os
 import platform
 import statistics
@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -278,20 +279,95 @@ def worker_command(name: str = WORKER_NAME) -> list[str]:
 
 def worker_online(api_url: str, name: str, since: float) -> bool:
     """The worker `name` sent its pool a heartbeat after `since` (time.time())."""
-    from datetime import datetime
-
     reply = httpx.post(f"{api_url}/work_pools/poligraph/workers/filter", json={}, timeout=10)
     if reply.status_code != 200:
         return False
     for worker in reply.json():
         beat = worker.get("last_heartbeat_time")
-        if worker["name"] == name and beat and datetime.fromisoformat(beat).timestamp() >= since:
+        if worker["name"] == name and beat and stamp(beat) >= since:
             return True
     return False
 
 
-def run(coroutine: Any) -> Any:
-    return asyncio.run(coroutine)
+# --- runs, read back through Prefect's REST API and the no-op script's start files ---------------
+FINAL_TYPES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def stamp(value: str) -> float:
+    """One of Prefect's ISO timestamps as epoch seconds."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def read_run(api_url: str, flow_run_id: str) -> dict[str, Any]:
+    reply = httpx.get(f"{api_url}/flow_runs/{flow_run_id}", timeout=10)
+    reply.raise_for_status()
+    return dict(reply.json())
+
+
+def finished(api_url: str, flow_run_id: str) -> dict[str, Any] | None:
+    """The run once it is in a final state, else None."""
+    run = read_run(api_url, flow_run_id)
+    return run if (run.get("state") or {}).get("type") in FINAL_TYPES else None
+
+
+def run_by_tag(api_url: str, tag: str) -> dict[str, Any] | None:
+    body = {"flow_runs": {"tags": {"all_": [tag]}}, "limit": 1}
+    reply = httpx.post(f"{api_url}/flow_runs/filter", json=body, timeout=10)
+    reply.raise_for_status()
+    found = reply.json()
+    return found[0] if found else None
+
+
+def states(api_url: str, flow_run_id: str) -> dict[str, float]:
+    """The first timestamp of each state name of a run, as epoch seconds."""
+    reply = httpx.get(f"{api_url}/flow_run_states/", params={"flow_run_id": flow_run_id}, timeout=10)
+    reply.raise_for_status()
+    found: dict[str, float] = {}
+    for state in reply.json():
+        at = stamp(state["timestamp"])
+        found[state["name"]] = min(found.get(state["name"], at), at)
+    return found
+
+
+def started_at(starts: Path, name: str, before: set[Path]) -> float | None:
+    """When the no-op script `name` started (the time it wrote), once a start file not in `before`
+    is there."""
+    new = [p for p in starts.glob(f"{name}-*.start") if p not in before]
+    text = new[0].read_text() if new else ""
+    return float(text) if text.strip() else None  # empty: the script is writing it right now
+
+
+def admin_send(engine: Any, client: httpx.Client, shim_url: str, script: str) -> tuple[str, float]:
+    """What the admin does: a PENDING SyncJob row, then `sync/<script>` with its jobId to the
+    shim. Returns the event id and the time of the 200."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    job_id = f"cbench{uuid.uuid4().hex[:19]}"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                'INSERT INTO "SyncJob" (id, script, status, progress, "createdAt") '
+                "VALUES (:id, :script, 'PENDING', 0, now())"
+            ),
+            {"id": job_id, "script": script},
+        )
+    body = [{"name": f"sync/{script}", "data": {"jobId": job_id}}]
+    reply = client.post(f"{shim_url}/e/{KEY}", content=json.dumps(body))
+    acknowledged = time.time()
+    return reply.json()["ids"][0], acknowledged
+
+
+def count_rows(pg_url: str, query: str) -> int:
+    """`SELECT count(*) …` on a connection of its own."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        count = conn.execute(sa.text(query)).scalar_one()
+    engine.dispose()
+    return int(count)
 
 
 def rss_mb(pid: int) -> float:

@@ -37,6 +37,7 @@ from bench.harness import (
     Series,
     answers,
     base_env,
+    count_rows,
     durable_postgres,
     free_port,
     machine,
@@ -103,16 +104,33 @@ def wrk(url: str, seconds: int, connections: int) -> dict[str, Any]:
 
 
 def stored(pg_url: str, schema: str) -> int:
-    engine = sa.create_engine(pg_url)
-    with engine.connect() as conn:
-        count = conn.execute(sa.text(f'SELECT count(*) FROM "{schema}".inngest_event')).scalar_one()
-    engine.dispose()
-    return int(count)
+    return count_rows(pg_url, f'SELECT count(*) FROM "{schema}".inngest_event')
+
+
+def need_wrk() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: `make bench` installs it (apt-get install wrk)")
+
+
+def idle_shim_env(env: dict[str, str], pg_url: str, schema: str) -> dict[str, str]:
+    """A shim in key mode on its own outbox schema, whose Prefect is not there: events wait."""
+    return env | {
+        "DATABASE_URL": pg_url,
+        "POLIGRAPH_SHIM_SCHEMA": schema,
+        "POLIGRAPH_EVENT_KEYS": KEY,
+        "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",
+    }
+
+
+def round_line(round_no: int, side: str, result: dict[str, Any], extra: str = "") -> str:
+    return (
+        f"  P1 round {round_no + 1} {side}: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms, "
+        f"p99 {result['p99_ms']:.1f} ms, non-2xx {result['non2xx']}{extra}"
+    )
 
 
 def ingest_figure(rounds: int, seconds: int, connections: int) -> Figure:
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is missing: `make bench` installs it (apt-get install wrk)")
+    need_wrk()
     figure = Figure(
         key="P1",
         title=f"durable ingest, wrk {connections} connections {seconds} s",
@@ -127,12 +145,7 @@ def ingest_figure(rounds: int, seconds: int, connections: int) -> Figure:
     env = base_env(home)
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     with durable_postgres() as pg_url:
-        shim_env = env | {
-            "DATABASE_URL": pg_url,
-            "POLIGRAPH_SHIM_SCHEMA": schema,
-            "POLIGRAPH_EVENT_KEYS": KEY,
-            "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",  # nothing there: events wait
-        }
+        shim_env = idle_shim_env(env, pg_url, schema)
         bare_port = free_port()
         bare = spawn([sys.executable, "-m", "bench.bare_app", str(bare_port)], env, home / "bare.log", REPO)
         try:
@@ -153,12 +166,8 @@ def ingest_figure(rounds: int, seconds: int, connections: int) -> Figure:
                             kept = stored(pg_url, schema) - before
                             assert kept >= answered, f"{answered} acknowledged, {kept} stored"
                             figure.ours.add(result["rps"])
-                        print(
-                            f"  P1 round {round_no + 1} {side}: {result['rps']:.0f} req/s, p50 "
-                            f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, non-2xx "
-                            f"{result['non2xx']}, socket errors {result['socket_errors']}",
-                            flush=True,
-                        )
+                        extra = f", socket errors {result['socket_errors']}"
+                        print(round_line(round_no, side, result, extra), flush=True)
         finally:
             stop(bare)
     figure.notes.append("outbox on a durable PostgreSQL (fsync on); every acknowledged event stored")
@@ -184,19 +193,12 @@ def old_finished_events(pg_url: str, schema: str, count: int) -> None:
 
 
 def finished_left(pg_url: str, schema: str) -> int:
-    engine = sa.create_engine(pg_url)
-    with engine.connect() as conn:
-        count = conn.execute(
-            sa.text(f"SELECT count(*) FROM \"{schema}\".inngest_event WHERE status <> 'pending'")
-        ).scalar_one()
-    engine.dispose()
-    return int(count)
+    return count_rows(pg_url, f"SELECT count(*) FROM \"{schema}\".inngest_event WHERE status <> 'pending'")
 
 
 def purge_figure(rounds: int, seconds: int, connections: int, rows: int) -> Figure:
     """P1 while the shim purges `rows` finished events, next to P1 with nothing to purge."""
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is missing: `make bench` installs it (apt-get install wrk)")
+    need_wrk()
     figure = Figure(
         key="P1",
         title=f"durable ingest while {rows:,} finished events are purged, wrk {connections} "
@@ -213,13 +215,7 @@ def purge_figure(rounds: int, seconds: int, connections: int, rows: int) -> Figu
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     rates: list[float] = []
     with durable_postgres() as pg_url:
-        shim_env = env | {
-            "DATABASE_URL": pg_url,
-            "POLIGRAPH_SHIM_SCHEMA": schema,
-            "POLIGRAPH_EVENT_KEYS": KEY,
-            "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",  # nothing there: events wait
-            "POLIGRAPH_SHIM_PURGE_INTERVAL_SECONDS": "1",
-        }
+        shim_env = idle_shim_env(env, pg_url, schema) | {"POLIGRAPH_SHIM_PURGE_INTERVAL_SECONDS": "1"}
         with shim(shim_env) as (shim_url, _proc):
             wrk(shim_url, 2, connections)  # warm up
             for round_no in range(rounds):
@@ -251,12 +247,7 @@ def purge_figure(rounds: int, seconds: int, connections: int, rows: int) -> Figu
                         figure.ours.add(result["rps"])
                     else:
                         figure.baseline.add(result["rps"])
-                    print(
-                        f"  P1 round {round_no + 1} {side}: {result['rps']:.0f} req/s, p50 "
-                        f"{result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, non-2xx "
-                        f"{result['non2xx']}{extra}",
-                        flush=True,
-                    )
+                    print(round_line(round_no, side, result, extra), flush=True)
     figure.notes.append(
         f"purge rate during wrk, rows/s: {Series(rates).summary('{:,.0f}')}; batches of "
         "POLIGRAPH_SHIM_PURGE_BATCH_SIZE (1,000), outbox on a durable PostgreSQL"

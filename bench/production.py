@@ -22,20 +22,17 @@ and reconciler): what idle machines cost the server.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
 
-from bench.flow_start import read_run, run_by_tag, states
 from bench.harness import (
     KEY,
     NOOP_SCRIPT,
@@ -44,16 +41,21 @@ from bench.harness import (
     WORKER_NAME,
     Figure,
     Series,
+    admin_send,
     answers,
     base_env,
     durable_postgres,
+    finished,
     free_port,
     machine,
     prefect_server,
     print_table,
-    run,
+    run_by_tag,
     shim,
     spawn,
+    stamp,
+    started_at,
+    states,
     stop,
     tree_cpu_seconds,
     wait_quiet,
@@ -76,10 +78,6 @@ class Side:
     starts: Path
     parts: dict[str, Series] = field(default_factory=lambda: {p: Series() for p in PARTS})
     sends: int = 0
-
-
-def _stamp(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
 
 
 def _run_step(name: str, values: dict[str, str], cwd: Path, extra: dict[str, str] | None = None) -> None:
@@ -209,39 +207,17 @@ def local_stack(pg_url: str) -> Iterator[Side]:
 def send_and_time(side: Side, engine: sa.Engine, client: httpx.Client) -> float:
     """One admin send through one of the side's shims; fills the breakdown, returns ack → script."""
     before = set(side.starts.glob("*.start"))
-    job_id = f"cbench{uuid.uuid4().hex[:19]}"
-    with engine.begin() as conn:
-        conn.execute(
-            sa.text(
-                'INSERT INTO "SyncJob" (id, script, status, progress, "createdAt") '
-                "VALUES (:id, :script, 'PENDING', 0, now())"
-            ),
-            {"id": job_id, "script": SCRIPT},
-        )
     url = side.shims[side.sends % len(side.shims)]
     side.sends += 1
-    body = [{"name": f"sync/{SCRIPT}", "data": {"jobId": job_id}}]
-    reply = client.post(f"{url}/e/{KEY}", content=json.dumps(body))
-    t0 = time.time()
-    event_id = reply.json()["ids"][0]
+    event_id, t0 = admin_send(engine, client, url, SCRIPT)
     found = wait_until(
-        lambda: run(run_by_tag(side.api, f"inngest-event:{event_id}")), 60, "the run", interval=0.02
+        lambda: run_by_tag(side.api, f"inngest-event:{event_id}"), 60, "the run", interval=0.02
     )
-
-    def script_started() -> float | None:
-        new = [p for p in side.starts.glob(f"{SCRIPT}-*.start") if p not in before]
-        text = new[0].read_text() if new else ""
-        return float(text) if text.strip() else None
-
-    started = wait_until(script_started, 60, "the script", interval=0.01)
-    wait_until(
-        lambda: run(read_run(side.api, found["id"]))["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED"),
-        120,
-        "the run to end",
-    )
-    seen = run(states(side.api, found["id"]))
+    started = wait_until(lambda: started_at(side.starts, SCRIPT, before), 60, "the script", interval=0.01)
+    wait_until(lambda: finished(side.api, found["id"]), 120, "the run to end")
+    seen = states(side.api, found["id"])
     task = _first_task_start(side.api, found["id"])
-    created = _stamp(found["created"])
+    created = stamp(found["created"])
     side.parts["dispatch"].add(created - t0)
     side.parts["poll"].add(seen["Pending"] - created)
     side.parts["process start"].add(seen["Running"] - seen["Pending"])
@@ -253,7 +229,7 @@ def send_and_time(side: Side, engine: sa.Engine, client: httpx.Client) -> float:
 def _first_task_start(api: str, flow_run_id: str) -> float:
     body = {"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_ASC", "limit": 1}
     (task,) = httpx.post(f"{api}/task_runs/filter", json=body, timeout=10).json()
-    return _stamp(task["start_time"])
+    return stamp(task["start_time"])
 
 
 def p3_figure(runs: int, pg_url: str, stack: Production, shims: list[str]) -> Figure:
