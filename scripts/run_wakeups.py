@@ -29,10 +29,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
+from scripts.supervisor import Backoff
+
 log = logging.getLogger("poligraph.worker.wakeups")
 
-RECONNECT_FIRST_SECONDS = 1.0
-RECONNECT_MAX_SECONDS = 30.0
+# doubling from 1 s up to 30 s, from 1 s again after a connection that lasted a minute
+RECONNECT = Backoff(first_seconds=1.0, max_seconds=30.0, stable_seconds=60.0)
 FINAL_TYPES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -115,7 +117,7 @@ class RunWakeups:
             EventOccurredFilter,
         )
 
-        delay = RECONNECT_FIRST_SECONDS
+        failures = 0  # connections lost in a row, each within RECONNECT.stable_seconds of its start
         while True:
             pool = pool_id()
             if pool is None:  # the worker has not synced with the server yet
@@ -141,10 +143,9 @@ class RunWakeups:
                 log.warning("events stream lost (%s); polling meanwhile", type(exc).__name__)
             finally:
                 self.connected = False
-            if time.monotonic() - connected_at > 60:
-                delay = RECONNECT_FIRST_SECONDS
-            await asyncio.sleep(delay * (0.7 + 0.6 * random.random()))
-            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+            stable = time.monotonic() - connected_at > RECONNECT.stable_seconds
+            failures = 1 if stable else failures + 1
+            await asyncio.sleep(RECONNECT.delay(failures) * (0.7 + 0.6 * random.random()))
 
 
 def _flow_run_id(resource_id: str) -> UUID | None:
