@@ -243,11 +243,13 @@ class SyncJobRepository:
         )
         return retrying(write)
 
-    def _with_text(self, job_id: str, write: Callable[[Clean], T]) -> T:
-        """`write(safe_text)`, retried as a transition; when the database refuses the content
-        (CONTENT_REFUSED: not the connection, so not transient), once more as `write(plain_text)`."""
+    def _with_text(self, job_id: str, write: Callable[[Clean], T], retried: bool = True) -> T:
+        """`write(safe_text)`, retried as a transition (unless not `retried`); when the database
+        refuses the content (CONTENT_REFUSED: not the connection, so not transient), once more as
+        `write(plain_text)`."""
+        run: Callable[[Callable[[], T]], T] = self._transition if retried else (lambda once: once())
         try:
-            return self._transition(lambda: write(safe_text))
+            return run(lambda: write(safe_text))
         except CONTENT_REFUSED as exc:
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
             log.warning(
@@ -255,7 +257,7 @@ class SyncJobRepository:
                 job_id,
                 reason[0] if reason else type(exc).__name__,
             )
-            return self._transition(lambda: write(plain_text))
+            return run(lambda: write(plain_text))
 
     def _upsert(self, values: dict[str, Any], update: dict[str, Any]) -> ReturningInsert[Any]:
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
@@ -382,10 +384,8 @@ class SyncJobRepository:
             values = {"status": SyncJobStatus.FAILED, "completedAt": now, "error": error_text}
             return self._update(job_id, values, sync_job.c.status == SyncJobStatus.PENDING)
 
-        try:  # not a transition (intake answers at once): no retry, but the same plain fallback
-            return write(safe_text)
-        except CONTENT_REFUSED:
-            return write(plain_text)
+        # not a transition (intake answers at once): no retry, but the same plain fallback
+        return self._with_text(job_id, write, retried=False)
 
     def create_pending(self, job_id: str, script: str) -> None:
         """What the admin's POST /api/admin/syncs inserts before sending the event."""
