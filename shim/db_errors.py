@@ -14,8 +14,9 @@ the dispatcher and the purge all ask here).
   rolled back whole and can be run again at once (`retry_conflicts`, a bounded number of times);
   one that keeps conflicting is then treated as unavailable.
 
-Anything else is a bug: a 500 with its traceback. The SyncJob side (deployments/syncjob.py
-`is_transient`) retries the same SQLSTATEs.
+Anything else is a bug: a 500 with its traceback. The SQLSTATEs are the core's
+(`deployments.syncjob.OUTAGE_SQLSTATES`, which its `is_transient` retries the SyncJob writes on):
+one list for both sides.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import psycopg
 import tenacity
 from sqlalchemy import exc as sa_exc
 
+from deployments.syncjob import OUTAGE_SQLSTATE_CLASSES, OUTAGE_SQLSTATES
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
-UNAVAILABLE_SQLSTATES = frozenset({"25006", "57P01", "57P02", "57P03"})
-UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53"})
+# Two of the core's outage SQLSTATEs: the transaction is run again at once, not waited out.
 CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
 CONFLICT_ATTEMPTS = 3  # a conflicting transaction is run at most this many times in a row
 # No SQLSTATE, no answer: refused, reset, timed out, SQLite locked or read-only.
@@ -69,11 +71,7 @@ def is_unavailable(exc: BaseException) -> bool:
     """The database is down, unreachable or cannot take writes now (or conflicts again and
     again): not a bug; the client is told to send again, the dispatcher waits."""
     state = sqlstate_of(exc)
-    if state is not None and (
-        state in UNAVAILABLE_SQLSTATES
-        or state[:2] in UNAVAILABLE_SQLSTATE_CLASSES
-        or state in CONFLICT_SQLSTATES
-    ):
+    if state is not None and (state in OUTAGE_SQLSTATES or state[:2] in OUTAGE_SQLSTATE_CLASSES):
         return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
