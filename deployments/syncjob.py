@@ -207,14 +207,19 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError)
 
 
+def _first_line(exc: BaseException | None) -> str:
+    """The first line of what the driver said (the DBAPI error under SQLAlchemy's), for a log."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
-    first_line = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
     log.warning(
         "SyncJob write failed (attempt %d, %s: %s); retrying in %.1fs",
         state.attempt_number,
         type(exc).__name__,
-        first_line[0] if first_line else "",
+        _first_line(exc),
         state.upcoming_sleep,
     )
 
@@ -251,11 +256,10 @@ class SyncJobRepository:
         try:
             return run(lambda: write(safe_text))
         except CONTENT_REFUSED as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[:1]
             log.warning(
                 "SyncJob %s: the database refused the text (%s); writing it again as plain ASCII",
                 job_id,
-                reason[0] if reason else type(exc).__name__,
+                _first_line(exc) or type(exc).__name__,
             )
             return run(lambda: write(plain_text))
 
