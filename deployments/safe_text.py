@@ -43,8 +43,7 @@ ANSI_SEQUENCE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b\n]*(?:\x07|
 # its own way for its logs).
 _OTHERS = "\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
 _UNSAFE_MULTILINE = re.compile(f"[\x00-\x08\x0b-\x1f{_OTHERS}]")
-_UNSAFE_ONE_LINE = re.compile(f"[\x00-\x1f{_OTHERS}]")
-UNSAFE_ONE_LINE = _UNSAFE_ONE_LINE  # what one line may not hold: escaped, wherever it is shown
+UNSAFE_ONE_LINE = re.compile(f"[\x00-\x1f{_OTHERS}]")  # what one line may not hold, wherever it is shown
 
 CUT_MARKER = "… [{count:,} chars cut]"
 PLAIN_CUT_MARKER = "... [{count:,} chars cut]"
@@ -54,7 +53,7 @@ def safe_text(value: str | bytes, limit: int | None = None, *, multiline: bool =
     """`value` (bytes are read as UTF-8) without ANSI sequences, its control characters escaped
     (`\\n` and `\\t` kept when `multiline`), at most `limit` characters (with a marker)."""
     text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-    unsafe = _UNSAFE_MULTILINE if multiline else _UNSAFE_ONE_LINE  # ESC (\x1b) is in both
+    unsafe = _UNSAFE_MULTILINE if multiline else UNSAFE_ONE_LINE  # ESC (\x1b) is in both
     if unsafe.search(text) is None:  # the common case: nothing to strip or escape
         return text if limit is None or len(text) <= limit else _cut(text, limit, [])
     if "\x1b" in text:
