@@ -52,6 +52,7 @@ from support.stubs import Stubs  # noqa: E402
 
 if TYPE_CHECKING:
     from deployments.syncjob import SyncJobRepository
+    from shim.outbox import EventOutbox
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------
@@ -66,6 +67,22 @@ def pg_url() -> Iterator[str]:
         yield url
         os.environ.pop("DATABASE_URL", None)
         reload_settings()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.unit),
+        pytest.param("postgresql", marks=pytest.mark.integration),
+    ]
+)
+def either_outbox(request: pytest.FixtureRequest, tmp_path: Path) -> EventOutbox:
+    """The shim's outbox on SQLite (a unit test) and on PostgreSQL (an integration test): a test
+    taking it runs on both."""
+    from support.shim import postgres_outbox, sqlite_outbox
+
+    if request.param == "postgresql":
+        return postgres_outbox(request.getfixturevalue("pg_url"))
+    return sqlite_outbox(tmp_path)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from shim.outbox import EventBatch, EventOutbox, Recorded
 from shim.settings import ShimSettings
 from support.pg_cluster import PostgresCluster
 from support.polling import wait_for
-from support.shim import postgres_outbox, running_shim, sqlite_outbox
+from support.shim import postgres_outbox, running_shim
 
 
 class HeldOutbox(EventOutbox):
@@ -58,18 +58,6 @@ class HeldOutbox(EventOutbox):
         return await super().record_requests_async(conn, requests)
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", marks=pytest.mark.unit),
-        pytest.param("postgresql", marks=pytest.mark.integration),
-    ]
-)
-def real_outbox(request, tmp_path) -> EventOutbox:
-    if request.param == "postgresql":
-        return postgres_outbox(request.getfixturevalue("pg_url"))
-    return sqlite_outbox(tmp_path)
-
-
 def post(url: str, events: list[dict[str, Any]]) -> tuple[float, httpx.Response]:
     reply = httpx.post(f"{url}/e/NO_EVENT_KEY_SET", json=events, timeout=60)
     return time.monotonic(), reply
@@ -97,8 +85,8 @@ def stored_ids(outbox: EventOutbox) -> list[str]:
     return [row["event_id"] for row in outbox.events()]
 
 
-def test_requests_that_arrive_together_share_one_commit_and_wait_for_it(real_outbox):
-    outbox = HeldOutbox(real_outbox)
+def test_requests_that_arrive_together_share_one_commit_and_wait_for_it(either_outbox):
+    outbox = HeldOutbox(either_outbox)
     with running_shim(ShimSettings(), outbox) as (url, app):
         replies = send_while_held(outbox, url, app, [[{"name": "sync/press"}] for _ in range(20)])
     assert outbox.groups == [1, 20]  # twenty requests, one transaction
@@ -108,8 +96,8 @@ def test_requests_that_arrive_together_share_one_commit_and_wait_for_it(real_out
     assert sorted(stored_ids(outbox)) == sorted(acknowledged)
 
 
-def test_a_failed_commit_fails_only_the_requests_it_held(real_outbox):
-    outbox = HeldOutbox(real_outbox, fail_second=True)
+def test_a_failed_commit_fails_only_the_requests_it_held(either_outbox):
+    outbox = HeldOutbox(either_outbox, fail_second=True)
     with running_shim(ShimSettings(), outbox) as (url, app):
         replies = send_while_held(outbox, url, app, [[{"name": "sync/press"}] for _ in range(10)])
         _, after = post(url, [{"name": "sync/press"}])
@@ -122,8 +110,8 @@ def test_a_failed_commit_fails_only_the_requests_it_held(real_outbox):
     assert sorted(stored_ids(outbox)) == sorted([*first.json()["ids"], *after.json()["ids"]])
 
 
-def test_an_id_sent_twice_in_one_group_is_stored_once(real_outbox):
-    outbox = HeldOutbox(real_outbox)
+def test_an_id_sent_twice_in_one_group_is_stored_once(either_outbox):
+    outbox = HeldOutbox(either_outbox)
     with running_shim(ShimSettings(), outbox) as (url, app):
         same = [{"name": "sync/press", "id": "weekly-press"}]
         replies = send_while_held(outbox, url, app, [same, same])
@@ -133,7 +121,7 @@ def test_an_id_sent_twice_in_one_group_is_stored_once(real_outbox):
     assert all(reply.status_code == 200 for _, reply in replies)
 
 
-def test_a_group_is_stored_in_order_as_if_its_requests_came_one_by_one(real_outbox):
+def test_a_group_is_stored_in_order_as_if_its_requests_came_one_by_one(either_outbox):
     def batch(*ids: str) -> EventBatch:
         return [
             (
@@ -144,13 +132,13 @@ def test_a_group_is_stored_in_order_as_if_its_requests_came_one_by_one(real_outb
             for i, event_id in enumerate(ids)
         ]
 
-    recorded = real_outbox.record_requests([batch("x"), batch("x", "y", ""), batch("y", "y")])
+    recorded = either_outbox.record_requests([batch("x"), batch("x", "y", ""), batch("y", "y")])
     assert [[r.status for r in request] for request in recorded] == [
         ["pending"],
         ["duplicate", "pending", "pending"],  # no id: deduplicated on the event's own id
         ["duplicate", "duplicate"],
     ]
-    assert len(real_outbox.events()) == 6
+    assert len(either_outbox.events()) == 6
 
 
 @pytest.mark.integration

@@ -23,19 +23,7 @@ from shim.retention import Purge, Purger
 from shim.settings import ShimSettings
 from shim.tables import inngest_dedupe, inngest_event
 from support.polling import wait_for
-from support.shim import postgres_outbox, running_shim, shim_metric, sqlite_outbox
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", marks=pytest.mark.unit),
-        pytest.param("postgresql", marks=pytest.mark.integration),
-    ]
-)
-def outbox(request, tmp_path) -> EventOutbox:
-    if request.param == "postgresql":
-        return postgres_outbox(request.getfixturevalue("pg_url"))
-    return sqlite_outbox(tmp_path)
+from support.shim import postgres_outbox, running_shim, shim_metric
 
 
 def event_row(status: str, done: datetime | None, received: datetime, tag: str) -> dict[str, Any]:
@@ -96,45 +84,45 @@ def fill(outbox: EventOutbox) -> None:
     add_keys(outbox, [now - timedelta(hours=1)] * 12 + [now + timedelta(hours=23)] * 4)
 
 
-def test_old_finished_events_and_expired_keys_go_pending_and_recent_ones_stay(outbox):
-    fill(outbox)
+def test_old_finished_events_and_expired_keys_go_pending_and_recent_ones_stay(either_outbox):
+    fill(either_outbox)
     metrics = ShimMetrics()
-    purged = Purger(outbox, ShimSettings(retention_days=7, purge_batch_size=4), metrics).purge()
+    purged = Purger(either_outbox, ShimSettings(retention_days=7, purge_batch_size=4), metrics).purge()
     assert (purged.events, purged.keys) == (15, 12)
-    kinds, keys, expired = left(outbox)
+    kinds, keys, expired = left(either_outbox)
     assert kinds == ["odd pending"] + ["old pending"] * 3 + ["recent finished"] * 6
     assert (keys, expired) == (4, 0)
     assert metrics.purged.labels("inngest_event")._value.get() == 15
     assert metrics.purged.labels("inngest_dedupe")._value.get() == 12
     # nothing more is due: a second pass deletes nothing
-    assert Purger(outbox, ShimSettings(retention_days=7)).purge().events == 0
+    assert Purger(either_outbox, ShimSettings(retention_days=7)).purge().events == 0
 
 
-def test_each_batch_deletes_at_most_the_batch_size(outbox):
-    fill(outbox)
-    purger = Purger(outbox, ShimSettings(retention_days=7, purge_batch_size=4))
+def test_each_batch_deletes_at_most_the_batch_size(either_outbox):
+    fill(either_outbox)
+    purger = Purger(either_outbox, ShimSettings(retention_days=7, purge_batch_size=4))
     assert [purger.events_batch() for _ in range(5)] == [4, 4, 4, 3, 0]  # oldest first, 15 in all
     assert [purger.keys_batch() for _ in range(4)] == [4, 4, 4, 0]
-    assert len(left(outbox)[0]) == 10
+    assert len(left(either_outbox)[0]) == 10
 
 
-def test_the_retention_is_a_setting(outbox):
-    fill(outbox)
-    assert Purger(outbox, ShimSettings(retention_days=5)).purge().events == 21  # the recent ones too
-    assert left(outbox)[0] == ["odd pending"] + ["old pending"] * 3
+def test_the_retention_is_a_setting(either_outbox):
+    fill(either_outbox)
+    assert Purger(either_outbox, ShimSettings(retention_days=5)).purge().events == 21  # the recent ones too
+    assert left(either_outbox)[0] == ["odd pending"] + ["old pending"] * 3
 
 
-def test_the_shim_purges_on_its_own_and_counts_it(outbox):
-    fill(outbox)
+def test_the_shim_purges_on_its_own_and_counts_it(either_outbox):
+    fill(either_outbox)
     settings = ShimSettings(purge_interval_seconds=0.2, prefect_api_url="http://127.0.0.1:9/api")
-    with running_shim(settings, outbox, run_dispatcher=True) as (url, _app):
+    with running_shim(settings, either_outbox, run_dispatcher=True) as (url, _app):
         port = int(url.rsplit(":", 1)[1])
         wait_for(
             lambda: shim_metric(port, "poligraph_shim_purged_total", {"table": "inngest_dedupe"}) == 12, 30
         )
         assert shim_metric(port, "poligraph_shim_purged_total", {"table": "inngest_event"}) == 15
         assert httpx.get(f"{url}/health").status_code == 200
-    assert left(outbox)[0].count("old finished") == 0
+    assert left(either_outbox)[0].count("old finished") == 0
 
 
 @pytest.mark.unit
