@@ -44,21 +44,27 @@ class ConnectionLimits:
     open: int  # connections past this many are closed as they are accepted (descriptors)
 
 
-def connection_limits(max_connections: int, reserve: int = FD_RESERVE) -> ConnectionLimits:
-    """The connection ceilings that the file-descriptor limit allows, raising its soft limit
-    (up to the hard one) when `max_connections` would not fit."""
+def raise_fd_limit(wanted: int) -> int:
+    """The soft RLIMIT_NOFILE raised to `wanted` (at most the hard limit); the soft limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    used = psutil.Process().num_fds()
-    # each served connection may have one more waiting for its 503 (up to twice the ceiling)
-    wanted = used + reserve + 2 * max_connections
     if soft != resource.RLIM_INFINITY and soft < wanted:
         raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         if raised > soft:
             resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
             soft = raised
+    return soft
+
+
+def connection_limits(max_connections: int, reserve: int = FD_RESERVE) -> ConnectionLimits:
+    """The connection ceilings that the file-descriptor limit allows, raising its soft limit
+    (up to the hard one) when `max_connections` would not fit."""
+    used = psutil.Process().num_fds()
+    # each served connection may have one more waiting for its 503 (up to twice the ceiling)
+    soft = raise_fd_limit(used + reserve + 2 * max_connections)
     room = sys.maxsize if soft == resource.RLIM_INFINITY else max(1, soft - used - reserve)
     served = min(max_connections, room)
     if served < max_connections:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         log.warning(
             "POLIGRAPH_SHIM_MAX_CONNECTIONS=%d does not fit the file-descriptor limit (%d, hard %s, "
             "%d in use): at most %d connections are served; raise the limit (systemd: LimitNOFILE=)",

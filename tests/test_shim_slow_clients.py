@@ -19,7 +19,7 @@ import pytest
 import shim.server
 from shim.settings import ShimSettings
 from support.polling import wait_for
-from support.rawhttp import RawConnection, SlowClients, raise_fd_limit, request_head
+from support.rawhttp import RawConnection, SlowClients, request_head
 from support.shim import attempt_statuses, key_client, running_shim, shim_metric, sqlite_outbox
 
 pytestmark = pytest.mark.unit
@@ -49,7 +49,7 @@ def send_every(url: str, seconds: float, every: float = 0.2) -> tuple[list[float
 
 def test_a_thousand_slow_and_idle_connections_leave_the_sdk_sends_untouched(tmp_path):
     # 1,000 client sockets and the shim's 1,000 in this one process, and some to spare
-    count = min(1000, (raise_fd_limit(2300) - 300) // 2)
+    count = min(1000, (shim.server.raise_fd_limit(2300) - 300) // 2)
     assert count >= 300, "the file-descriptor limit leaves too few sockets for this test"
     outbox = sqlite_outbox(tmp_path)
     settings = ShimSettings(event_keys=[KEY], head_timeout_seconds=5)  # cut (and reopened) mid-test

@@ -10,6 +10,8 @@ import socket
 import time
 from typing import Any
 
+from shim.server import raise_fd_limit
+
 
 class RawConnection:
     def __init__(self, port: int, timeout: float = 10) -> None:
@@ -87,17 +89,6 @@ class RawConnection:
         if not data:
             raise ConnectionError("the server closed the connection")
         return data
-
-
-def raise_fd_limit(wanted: int) -> int:
-    """The soft RLIMIT_NOFILE raised to `wanted` (at most the hard limit); the limit now."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    return soft
 
 
 def request_head(path: str, **headers: str) -> bytes:
