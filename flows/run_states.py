@@ -11,11 +11,11 @@ from __future__ import annotations
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.objects import TERMINAL_STATES, State, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 
-FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+FINAL = frozenset(TERMINAL_STATES)  # Prefect's own: Completed, Failed, Crashed, Cancelled
 # The message of the Cancelled a Cancelling run is given once its process is gone (it can no
 # longer say so itself): flows/recovery/dead_runs.py and stuck_runs.py.
 STOPPED = "stopped: its process is gone (ended by the reconciler)"

@@ -29,13 +29,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
+from flows.run_states import FINAL
 from scripts.supervisor import Backoff
 
 log = logging.getLogger("poligraph.worker.wakeups")
 
 # doubling from 1 s up to 30 s, from 1 s again after a connection that lasted a minute
 RECONNECT = Backoff(first_seconds=1.0, max_seconds=30.0, stable_seconds=60.0)
-FINAL_TYPES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+FINAL_TYPES = frozenset(state_type.value for state_type in FINAL)  # as the events name them
 
 
 class RunWakeups:
