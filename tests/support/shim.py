@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio.from_thread
 import httpx
 import inngest
 import uvicorn
@@ -61,19 +61,14 @@ def running_shim(
 
 @contextmanager
 def running_dispatcher(dispatcher: Dispatcher) -> Iterator[Dispatcher]:
-    """A dispatcher without an app: its tasks on an event loop in a thread of its own, started
-    and stopped as the app's lifespan does."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-dispatcher", daemon=True)
-    thread.start()
-    try:
-        asyncio.run_coroutine_threadsafe(dispatcher.start(), loop).result(10)
-        yield dispatcher
-    finally:
-        asyncio.run_coroutine_threadsafe(dispatcher.aclose(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+    """A dispatcher without an app: its tasks on an event loop in a thread of its own (anyio's
+    blocking portal), started and stopped as the app's lifespan does."""
+    with anyio.from_thread.start_blocking_portal() as portal:
+        portal.call(dispatcher.start)
+        try:
+            yield dispatcher
+        finally:
+            portal.call(dispatcher.aclose)
 
 
 def shim_healthy(port: int) -> bool:
