@@ -36,7 +36,6 @@ import sqlalchemy as sa
 from bench.harness import (
     KEY,
     NOOP_SCRIPT,
-    REPO,
     WORK,
     WORKER_NAME,
     Figure,
@@ -64,7 +63,7 @@ from bench.harness import (
     worker_online,
 )
 from scripts.prefect_settings import worker_environment
-from scripts.production import step
+from scripts.production import one_host_values, step
 
 SCRIPT = "sync-president"
 PARTS = ("dispatch", "poll", "process start", "body", "script")
@@ -81,19 +80,15 @@ class Side:
 
 
 def _run_step(name: str, values: dict[str, str], cwd: Path, extra: dict[str, str] | None = None) -> None:
-    for argv in step(name).argv(values):
-        done = subprocess.run(
-            argv, env=step(name).process_env(values, extra), cwd=cwd, capture_output=True, text=True
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"{name}: {argv} exited {done.returncode}: {done.stderr[-3000:]}")
+    done = step(name).run(values, cwd, extra)
+    if done and done[-1].returncode != 0:
+        raise RuntimeError(f"{name}: {done[-1].args} exited {done[-1].returncode}: {done[-1].stderr[-3000:]}")
 
 
 def _start_step(
     name: str, values: dict[str, str], cwd: Path, log: Path, extra: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    (argv,) = step(name).argv(values)
-    return spawn(argv, step(name).process_env(values, extra), log, cwd)
+    return step(name).start(values, cwd, log, extra)
 
 
 @dataclass
@@ -128,27 +123,11 @@ class Production:
 @contextmanager
 def production(pg_url: str) -> Iterator[Production]:
     """The README's steps, from the install on."""
-    from sqlalchemy.engine import make_url
-
     work = WORK / f"production-{uuid.uuid4().hex[:6]}"
     (work / "app").mkdir(parents=True)
     starts = work / "starts"
     starts.mkdir()
-    admin = make_url(pg_url)
-    values = {
-        "venv": str(work / "venv"),
-        "checkout": str(REPO),
-        "prefect_database_url": admin.set(
-            drivername="postgresql+asyncpg", database="prefect_production"
-        ).render_as_string(hide_password=False),
-        "app_database_url": pg_url,
-        "prefect_home": str(work / "prefect-home"),
-        "prefect_host": "127.0.0.1",
-        "prefect_port": str(free_port()),
-        "app_dir": str(work / "app"),
-        "result_storage": str(work / "shared-results"),
-        "event_keys": KEY,
-    }
+    values = one_host_values(work, pg_url, "prefect_production", free_port(), KEY)
     print("  production: installing into a fresh virtualenv", flush=True)
     _run_step("install", values, work)
     _run_step("prefect-database", values, work)

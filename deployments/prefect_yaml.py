@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from deployments.catalog import Catalog, load_catalog
+from deployments.generated import write_or_check
 from deployments.settings import DEFAULT_CATALOG, PACKAGE_ROOT
 from deployments.specs import DEPLOYMENT_CONCURRENCY, deployment_specs
 
@@ -73,15 +74,7 @@ def render(catalog: Catalog) -> str:
 
 def main(argv: list[str]) -> int:
     text = render(load_catalog(DEFAULT_CATALOG))  # the committed catalog, whatever the env says
-    if "--check" in argv:
-        if not PREFECT_YAML.exists() or PREFECT_YAML.read_text(encoding="utf-8") != text:
-            print("prefect.yaml is stale: run python -m deployments.prefect_yaml", file=sys.stderr)
-            return 1
-        print("prefect.yaml is up to date")
-        return 0
-    PREFECT_YAML.write_text(text, encoding="utf-8")
-    print(f"wrote {PREFECT_YAML}")
-    return 0
+    return write_or_check({PREFECT_YAML: text}, argv, "deployments.prefect_yaml")
 
 
 if __name__ == "__main__":

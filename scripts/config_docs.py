@@ -23,6 +23,7 @@ from pydantic import AliasChoices, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
+from deployments.generated import replace_section, stale, write_or_check
 from deployments.settings import PACKAGE_ROOT, Settings
 from scripts.local_stack import StackSettings
 from shim.settings import ShimSettings
@@ -242,12 +243,11 @@ def rendered() -> str:
     page = PAGE.read_text(encoding="utf-8")
     if BEGIN not in page or END not in page:
         raise ValueError(f"{PAGE} has no lines {BEGIN!r} and {END!r} to put the table between")
-    before, rest = page.split(BEGIN, 1)
-    return before + generated() + rest.split(END, 1)[1]
+    return replace_section(page, BEGIN, END, generated())
 
 
 def is_stale() -> bool:
-    return not PAGE.exists() or PAGE.read_text(encoding="utf-8") != rendered()
+    return bool(stale({PAGE: rendered()}))
 
 
 def main(argv: list[str]) -> int:
@@ -256,15 +256,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 1
-    if "--check" in argv:
-        if is_stale():
-            print(f"{PAGE} is stale: run python -m scripts.config_docs", file=sys.stderr)
-            return 1
-        print("configuration reference up to date")
-        return 0
-    PAGE.write_text(text, encoding="utf-8")
-    print(f"wrote {PAGE}")
-    return 0
+    return write_or_check({PAGE: text}, argv, "scripts.config_docs")
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployments import generated
 from deployments.prefect_yaml import WORK_POOL
 from deployments.settings import PACKAGE_ROOT
 from scripts.limits import DISK_LEASES
@@ -71,6 +73,71 @@ class ProductionStep:
         login has (PATH, HOME, LANG, TMPDIR), then the step's own, then `extra`."""
         base = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ}
         return {**base, **self.environment(values), **(extra or {})}
+
+    # --- run as typed, on this machine (tests/test_production.py, bench/production.py) ---------
+    def run(
+        self,
+        values: dict[str, str],
+        cwd: Path,
+        extra: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> list[subprocess.CompletedProcess[str]]:
+        """Each command of a one-shot step in turn, in its process environment; the last one is
+        the first that failed, if any did."""
+        done = []
+        for argv in self.argv(values):
+            done.append(
+                subprocess.run(
+                    argv,
+                    env=self.process_env(values, extra),
+                    cwd=cwd,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
+            )
+            if done[-1].returncode != 0:
+                break
+        return done
+
+    def start(
+        self, values: dict[str, str], cwd: Path, log: Path, extra: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A long-running step's process, in a session of its own (as its unit runs it), its
+        output appended to `log`."""
+        (argv,) = self.argv(values)
+        return subprocess.Popen(
+            argv,
+            env=self.process_env(values, extra),
+            cwd=cwd,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def one_host_values(
+    work: Path, app_database_url: str, prefect_database: str, prefect_port: int, event_keys: str
+) -> dict[str, str]:
+    """The placeholders' values for every service on one host, at loopback, with the
+    directories under `work` and the Prefect server's database `prefect_database` on the app's
+    PostgreSQL: what the production test and bench.production fill the steps with (a worker's
+    own `worker_name`, `home` and `health_port`, and a shim's `shim_port`, are added per process)."""
+    from sqlalchemy.engine import make_url
+
+    prefect_url = make_url(app_database_url).set(drivername="postgresql+asyncpg", database=prefect_database)
+    return {
+        "venv": str(work / "venv"),
+        "checkout": str(PACKAGE_ROOT),
+        "prefect_database_url": prefect_url.render_as_string(hide_password=False),
+        "app_database_url": app_database_url,
+        "prefect_home": str(work / "prefect-home"),
+        "prefect_host": "127.0.0.1",
+        "prefect_port": str(prefect_port),
+        "app_dir": str(work / "app"),
+        "result_storage": str(work / "shared-results"),
+        "event_keys": event_keys,
+    }
 
 
 WORKER = ProductionStep(
@@ -216,31 +283,19 @@ def rendered() -> dict[Path, str]:
     files = {UNITS / f"{s.unit}.service": unit_text(s) for s in STEPS if s.unit}
     readme = README.read_text(encoding="utf-8")
     if BEGIN in readme and END in readme:
-        before, rest = readme.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        files[README] = before + readme_section() + after
+        files[README] = generated.replace_section(readme, BEGIN, END, readme_section())
     return files
 
 
 def stale() -> list[Path]:
-    return [path for path, text in rendered().items() if not path.exists() or path.read_text() != text]
+    return generated.stale(rendered())
 
 
 def main(argv: list[str]) -> int:
     if BEGIN not in README.read_text(encoding="utf-8"):
         print(f"README.md has no line {BEGIN!r} to put the steps after", file=sys.stderr)
         return 1
-    if "--check" in argv:
-        if old := stale():
-            print(f"stale: {', '.join(map(str, old))}: run python -m scripts.production", file=sys.stderr)
-            return 1
-        print("production steps up to date")
-        return 0
-    UNITS.mkdir(parents=True, exist_ok=True)
-    for path, text in rendered().items():
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path}")
-    return 0
+    return generated.write_or_check(rendered(), argv, "scripts.production")
 
 
 if __name__ == "__main__":

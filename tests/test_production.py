@@ -22,10 +22,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from sqlalchemy.engine import make_url
 
 from deployments.syncjob import flow_run_of
-from scripts.production import step
+from scripts.production import one_host_values, step
 from support.paths import REPO, STATE, STUB_ROOT, TESTS
 from support.polling import run_async, wait_for
 from support.ports import free_port
@@ -55,18 +54,9 @@ def run_step(
     name: str, values: dict[str, str], extra: dict[str, str] | None = None, timeout: float = 300
 ) -> str:
     """Each command of a one-shot step, as typed; its output (the step must succeed)."""
-    s = step(name)
     out = []
-    for argv in s.argv(values):
-        done = subprocess.run(
-            argv,
-            env=s.process_env(values, extra),
-            cwd=OUTSIDE,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert done.returncode == 0, f"{argv}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+    for done in step(name).run(values, OUTSIDE, extra, timeout):
+        assert done.returncode == 0, f"{done.args}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
         out.append(done.stdout)
     return "".join(out)
 
@@ -75,16 +65,7 @@ def start_step(
     name: str, values: dict[str, str], log: str, extra: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """A long-running step's process, in its own session (as its unit would run it)."""
-    s = step(name)
-    (argv,) = s.argv(values)
-    return subprocess.Popen(
-        argv,
-        env=s.process_env(values, extra),
-        cwd=OUTSIDE,
-        stdout=(PROD / log).open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    return step(name).start(values, OUTSIDE, PROD / log, extra)
 
 
 @pytest.fixture(scope="module")
@@ -99,21 +80,8 @@ def installed() -> Path:
 @pytest.fixture(scope="module")
 def production(installed, pg_url):
     """The Prefect database and server, then setup: the values every later step uses."""
-    admin = make_url(pg_url)
-    values = {
-        "venv": str(installed),
-        "checkout": str(REPO),
-        "prefect_database_url": admin.set(
-            drivername="postgresql+asyncpg", database=f"prefect_{uuid.uuid4().hex[:8]}"
-        ).render_as_string(hide_password=False),
-        "app_database_url": pg_url,
-        "prefect_home": str(PROD / "prefect-home"),
-        "prefect_host": "127.0.0.1",
-        "prefect_port": str(free_port()),
-        "app_dir": str(PROD / "app"),
-        "result_storage": str(PROD / "shared-results"),
-        "event_keys": EVENT_KEY,
-    }
+    values = one_host_values(PROD, pg_url, f"prefect_{uuid.uuid4().hex[:8]}", free_port(), EVENT_KEY)
+    assert values["venv"] == str(installed)
     (PROD / "app").mkdir(parents=True, exist_ok=True)
     assert "ready" in run_step("prefect-database", values)
     assert "ready" in run_step("prefect-database", values)  # safe to repeat
