@@ -25,9 +25,9 @@ def accepted(ids: list[str]) -> Reply:
     return Reply(200, {"ids": ids, "status": 200})
 
 
-def refused(error: str, status: int = 400) -> Reply:
+def refused(error: str, status: int = 400, retry_after: int | None = None) -> Reply:
     """The server's error shape; the SDKs read `error` whatever the HTTP status."""
-    return Reply(status, {"ids": [], "status": status, "error": error})
+    return Reply(status, {"ids": [], "status": status, "error": error}, retry_after)
 
 
 def too_large(max_bytes: int) -> Reply:
@@ -42,15 +42,13 @@ def too_slow(seconds: float) -> Reply:
 def unavailable() -> Reply:
     """The shim's own database is down or cannot take writes: a 5xx, so that every SDK sends the
     events again."""
-    reply = refused("The event store is unavailable; send the events again", 503)
-    return Reply(reply.status, reply.body, retry_after=UNAVAILABLE_RETRY_AFTER)
+    return refused("The event store is unavailable; send the events again", 503, UNAVAILABLE_RETRY_AFTER)
 
 
 def busy() -> Reply:
     """As many requests as allowed are in progress, or their bodies hold as many bytes as
     allowed: a 5xx with Retry-After, so that every SDK sends the events again."""
-    reply = refused("The event API is busy; send the events again", 503)
-    return Reply(reply.status, reply.body, retry_after=BUSY_RETRY_AFTER)
+    return refused("The event API is busy; send the events again", 503, BUSY_RETRY_AFTER)
 
 
 def unknown_key() -> Reply:
