@@ -69,29 +69,13 @@ class Purger:
     def events_batch(self, now: datetime | None = None) -> int:
         """Delete up to one batch of finished events older than the retention; how many."""
         cutoff = (now or utcnow()) - self.retention
-        due = (
-            sa.select(inngest_event.c.pk)
-            .where(inngest_event.c.status != PENDING, inngest_event.c.done_at < cutoff)
-            .order_by(inngest_event.c.done_at)
-            .limit(self.batch_size)
-            .with_for_update(skip_locked=True)  # PostgreSQL; nothing on SQLite
-        )
-        return self._delete(
-            sa.delete(inngest_event).where(inngest_event.c.pk.in_(due.scalar_subquery())), "inngest_event"
-        )
+        c = inngest_event.c
+        return self._delete_batch(c.pk, c.done_at, c.status != PENDING, c.done_at < cutoff)
 
     def keys_batch(self, now: datetime | None = None) -> int:
         """Delete up to one batch of expired dedupe keys; how many."""
-        due = (
-            sa.select(inngest_dedupe.c.key)
-            .where(inngest_dedupe.c.expires_at <= (now or utcnow()))
-            .order_by(inngest_dedupe.c.expires_at)
-            .limit(self.batch_size)
-            .with_for_update(skip_locked=True)
-        )
-        return self._delete(
-            sa.delete(inngest_dedupe).where(inngest_dedupe.c.key.in_(due.scalar_subquery())), "inngest_dedupe"
-        )
+        c = inngest_dedupe.c
+        return self._delete_batch(c.key, c.expires_at, c.expires_at <= (now or utcnow()))
 
     def purge(self, stop: threading.Event | None = None) -> Purged:
         """Everything due now, batch by batch, pausing after each; stops early when `stop` is set."""
@@ -108,11 +92,23 @@ class Purger:
                 stop.wait(max(MIN_PAUSE_SECONDS, PAUSE_PER_BATCH_TIME * (time.monotonic() - started)))
         return Purged(**counts)
 
-    def _delete(self, statement: sa.Delete, table: str) -> int:
+    def _delete_batch(
+        self, key: sa.Column[str], oldest: sa.Column[datetime], *due: sa.ColumnElement[bool]
+    ) -> int:
+        """Up to a batch of the rows `due` selects, the `oldest` first, deleted by their `key` in
+        one transaction (rows another replica's batch holds are passed by); how many."""
+        table = key.table
+        batch = (
+            sa.select(key)
+            .where(*due)
+            .order_by(oldest)
+            .limit(self.batch_size)
+            .with_for_update(skip_locked=True)  # PostgreSQL; nothing on SQLite
+        )
         with self.outbox.engine.begin() as conn:
-            deleted = conn.execute(statement).rowcount
+            deleted = conn.execute(sa.delete(table).where(key.in_(batch.scalar_subquery()))).rowcount
         if self.metrics is not None and deleted:
-            self.metrics.purged.labels(table).inc(deleted)
+            self.metrics.purged.labels(table.name).inc(deleted)
         return deleted
 
 
